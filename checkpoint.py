@@ -1,0 +1,134 @@
+"""Checkpoint I/O shared by pretrain.py, train.py and predict.py.
+
+A checkpoint is a plain dict of tensors, numbers and strings, loaded with
+`torch.load(weights_only=True)` so that a foreign .pth cannot run code. Writes are atomic:
+a temporary file, flushed and fsynced, then renamed over the old one.
+
+`load_checkpoint` also reads a Hugging Face BERT directory (config.json + model.safetensors or
+pytorch_model.bin, as `save_pretrained` or export.py write it) into the same dict shape, so every
+script that takes a checkpoint takes such a directory too.
+"""
+import json
+import os
+import pickle
+import zipfile
+
+import torch
+
+from errors import UserError, require_file
+from model import BertConfig, BertForPreTraining
+
+# config fields that change the shape or the function of the weights
+ARCH_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+               "max_position_embeddings", "type_vocab_size", "hidden_act", "layer_norm_eps")
+
+
+def save_checkpoint(path, state):
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# Hugging Face config values our model does not compute, with the one value it does
+HF_ONLY = {"model_type": "bert", "hidden_act": "gelu", "position_embedding_type": "absolute", "is_decoder": False,
+           "add_cross_attention": False, "tie_word_embeddings": True}
+UNREADABLE = (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile)  # truncated or foreign
+
+
+def load_checkpoint(path, how="run `python pretrain.py` to make one"):
+    require_file(path, how)
+    if os.path.isdir(path):
+        return load_hf_dir(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except UNREADABLE as e:
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}); {how}") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise UserError(f"{path} is not a checkpoint of this project (no model/config inside); {how}")
+    return state
+
+
+def read_hf_weights(path):
+    """The state dict in a Hugging Face directory: model.safetensors first (as transformers does), else pytorch_model.bin."""
+    st, pt = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
+    if os.path.exists(st):
+        try:
+            from safetensors import SafetensorError
+            from safetensors.torch import load_file
+        except ImportError:
+            raise UserError(f"{st} needs the safetensors package: pip install safetensors") from None
+        try:
+            return load_file(st)
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"{st} is not readable ({e})") from None
+    if os.path.exists(pt):
+        try:
+            return torch.load(pt, map_location="cpu", weights_only=True)
+        except UNREADABLE as e:
+            raise UserError(f"{pt} is not readable ({type(e).__name__})") from None
+    raise UserError(f"{path} has neither model.safetensors nor pytorch_model.bin (sharded weights are not read)")
+
+
+def load_hf_dir(path):
+    """A Hugging Face BERT directory -> {"model", "config", "vocab_size"}, with our (= Hugging Face's) weight names."""
+    config_path = require_file(os.path.join(path, "config.json"), "a Hugging Face model directory has one")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            hf = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{config_path} is not JSON ({e})") from None
+    for name, ours in HF_ONLY.items():
+        if hf.get(name, ours) != ours:
+            raise UserError(f"{config_path} has {name}={hf[name]!r}; our BERT computes only {name}={ours!r}")
+    weights = {}
+    for k, v in read_hf_weights(path).items():
+        k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")  # pre-2019 names
+        if k.startswith(("embeddings.", "encoder.", "pooler.")):
+            k = "bert." + k  # saved from a bare BertModel
+        weights[k] = v.float() if v.is_floating_point() else v
+    word = weights.get("bert.embeddings.word_embeddings.weight")
+    if word is None:
+        raise UserError(f"{path} has no bert.embeddings.word_embeddings.weight; is it a BERT model?")
+    config = BertConfig.from_dict(hf, vocab_size=len(word))  # the weights decide
+
+    # The MLM decoder is tied: its weight is the word embedding and its bias is cls.predictions.bias,
+    # so save_pretrained stores each once and we restore the other name.
+    if "cls.predictions.bias" in weights or "cls.predictions.decoder.bias" in weights:
+        weights["cls.predictions.decoder.weight"] = word
+        weights.setdefault("cls.predictions.bias", weights.get("cls.predictions.decoder.bias"))
+        weights.setdefault("cls.predictions.decoder.bias", weights["cls.predictions.bias"])
+    if "classifier.weight" in weights and len(weights["classifier.weight"]) != 2:
+        del weights["classifier.weight"], weights["classifier.bias"]  # not our 2 labels: train.py starts a new classifier
+
+    with torch.device("meta"):  # names and shapes only, no memory
+        ours = {k: v.shape for k, v in BertForPreTraining(config).state_dict().items()}
+    ours |= {"classifier.weight": (2, config.hidden_size), "classifier.bias": (2,)}
+    missing = [k for k in ours if k.startswith("bert.") and k not in weights]
+    if missing:
+        raise UserError(f"{path} has no weight {missing[0]} ({len(missing)} of the encoder's are missing)")
+    # other heads (question answering, token classification) and buffers (position_ids) are left out
+    weights = {k: v for k, v in weights.items() if k in ours}
+    for k, v in weights.items():
+        if v.shape != ours[k]:
+            raise UserError(f"{path}: {k} has shape {tuple(v.shape)} but its config.json makes it {tuple(ours[k])}")
+    return {"model": weights, "config": config.to_dict(), "vocab_size": config.vocab_size}
+
+
+def check_config(state, config, path, config_path=None):
+    """One-line error naming the first field where the checkpoint and the current config differ."""
+    saved = BertConfig.from_dict(state["config"])
+    for name in ARCH_FIELDS:
+        a, b = getattr(saved, name), getattr(config, name)
+        if a != b:
+            if name == "vocab_size":
+                raise UserError(f"{path} was trained with a vocabulary of {a} pieces but the vocab file has {b}; pass the --vocab it was trained with")
+            where = f" in {config_path}" if config_path else ""
+            raise UserError(f"{path} has {name}={a} but the config{where} has {name}={b}; pass the --config it was trained with")
+
+
+def encoder_weights(state):
+    """The `bert.*` weights of a pretraining or fine-tuning checkpoint (the heads are left out)."""
+    return {k: v for k, v in state["model"].items() if k.startswith("bert.")}

@@ -1,0 +1,265 @@
+"""BERT (Devlin et al. 2018) as Hugging Face's `modeling_bert.py` computes it, with its weight names.
+
+Names follow Hugging Face so a state dict crosses over without a mapping table:
+`bert.embeddings.word_embeddings`, `bert.encoder.layer.N.attention.self.query`,
+`...attention.output.LayerNorm`, `...intermediate.dense`, `...output.dense`, `bert.pooler.dense`,
+`cls.predictions.transform`, `cls.predictions.decoder`, `cls.seq_relationship`, `classifier`.
+
+Shapes: B batch, T tokens, H hidden, nh heads, hs head size, P masked positions, V vocabulary.
+"""
+import json
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class BertConfig:
+    vocab_size: int = 8007
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+
+    @classmethod
+    def from_dict(cls, d, vocab_size=None):
+        known = {f.name for f in fields(cls)}
+        config = cls(**{k: v for k, v in d.items() if k in known})
+        if vocab_size is not None:  # the vocabulary file decides, not the JSON
+            config.vocab_size = vocab_size
+        return config
+
+    @classmethod
+    def from_json_file(cls, path, vocab_size=None):
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f), vocab_size)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids):
+        T = input_ids.size(1)
+        position_ids = torch.arange(T, device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        assert config.hidden_size % config.num_attention_heads == 0, "hidden_size must be a multiple of num_attention_heads"
+        self.n_head = config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x, mask):
+        B, T, H = x.shape
+        # (B, T, H) -> (B, nh, T, hs)
+        q, k, v = (proj(x).view(B, T, self.n_head, H // self.n_head).transpose(1, 2) for proj in (self.query, self.key, self.value))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0)
+        return y.transpose(1, 2).reshape(B, T, H)
+
+
+class AddNorm(nn.Module):
+    """dense -> dropout -> LayerNorm(residual + .): Hugging Face's BertSelfOutput and BertOutput."""
+
+    def __init__(self, config, d_in):
+        super().__init__()
+        self.dense = nn.Linear(d_in, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x, residual):
+        return self.LayerNorm(residual + self.dropout(self.dense(x)))
+
+
+class Attention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.self = SelfAttention(config)
+        self.output = AddNorm(config, config.hidden_size)
+
+    def forward(self, x, mask):
+        return self.output(self.self(x, mask), x)
+
+
+class Intermediate(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+
+    def forward(self, x):
+        return F.gelu(self.dense(x))  # exact (erf) GELU, as Hugging Face's "gelu"
+
+
+class Layer(nn.Module):
+    """One post-LN encoder layer: x = LN(x + attn(x)); x = LN(x + ffn(x))."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.attention = Attention(config)
+        self.intermediate = Intermediate(config)
+        self.output = AddNorm(config, config.intermediate_size)
+
+    def forward(self, x, mask):
+        x = self.attention(x, mask)
+        return self.output(self.intermediate(x), x)
+
+
+class Encoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layer = nn.ModuleList([Layer(config) for _ in range(config.num_hidden_layers)])
+
+    def forward(self, x, mask):
+        for layer in self.layer:
+            x = layer(x, mask)
+        return x
+
+
+class Pooler(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, x):
+        return torch.tanh(self.dense(x[:, 0]))  # the [CLS] token
+
+
+class Bert(nn.Module):
+    """Hugging Face's BertModel: returns (sequence output (B, T, H), pooled output (B, H))."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.encoder = Encoder(config)
+        self.pooler = Pooler(config)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+        B, T = input_ids.shape
+        assert T <= self.config.max_position_embeddings, f"sequence of {T} tokens exceeds {self.config.max_position_embeddings} positions"
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        mask = None
+        if attention_mask is not None:
+            mask = attention_mask.view(B, 1, 1, T).bool()  # True = attend; pads are never attended to
+        x = self.encoder(self.embeddings(input_ids, token_type_ids), mask)
+        return x, self.pooler(x)
+
+
+class PredictionHeadTransform(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x):
+        return self.LayerNorm(F.gelu(self.dense(x)))
+
+
+class LMPredictionHead(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.transform = PredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)  # weight tied to word_embeddings
+        self.bias = self.decoder.bias  # Hugging Face keeps the bias under both names
+
+    def forward(self, x):
+        return self.decoder(self.transform(x))
+
+
+class PreTrainingHeads(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.predictions = LMPredictionHead(config)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+
+def init_weights(module, std):
+    """BERT's initialisation: N(0, std) for dense and embedding weights, zero biases, unit LayerNorm."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class BertForPreTraining(nn.Module):
+    """BERT with the masked LM and next sentence prediction heads."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.bert = Bert(config)
+        self.cls = PreTrainingHeads(config)
+        self.apply(lambda m: init_weights(m, config.initializer_range))
+        self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, mask_pos=None):
+        """Returns MLM logits (B, P, V) at `mask_pos` (B, P), or (B, T, V) at every token, and NSP logits (B, 2)."""
+        x, pooled = self.bert(input_ids, token_type_ids, attention_mask)
+        if mask_pos is not None:
+            # the MLM head only where there is something to predict: P is ~15% of T
+            x = x.gather(1, mask_pos.unsqueeze(-1).expand(-1, -1, x.size(-1)))  # (B, P, H)
+        return self.cls.predictions(x), self.cls.seq_relationship(pooled)
+
+
+class BertForSequenceClassification(nn.Module):
+    """BERT with a linear classifier on the pooled [CLS] output (sentiment: 2 labels)."""
+
+    def __init__(self, config, num_labels=2):
+        super().__init__()
+        self.config = config
+        self.num_labels = num_labels
+        self.bert = Bert(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self.apply(lambda m: init_weights(m, config.initializer_range))
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+        _, pooled = self.bert(input_ids, token_type_ids, attention_mask)
+        return self.classifier(self.dropout(pooled))  # (B, num_labels)
+
+
+def configure_optimizer(model, lr, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-6, device_type="cpu"):
+    """AdamW with decay on matrices and embeddings only: biases and LayerNorm weights (1-D) are not decayed."""
+    params = [p for p in model.parameters() if p.requires_grad]  # parameters() lists a tied weight once
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=device_type == "cuda")
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())

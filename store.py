@@ -1,0 +1,163 @@
+"""A memory-mapped store of pretraining instances, built once from data.py's JSON lines.
+
+A JSON-lines file of millions of instances does not fit in RAM as Python lists. The first run of
+pretrain.py converts it, streaming, into flat binary arrays in `<input>.cache/`:
+
+    tokens.bin     uint16  every instance's token ids, back to back
+    tok_off.bin    int64   where instance i starts in tokens.bin (n + 1 entries)
+    len_a.bin      uint16  length of `[CLS] A [SEP]`: segment ids are 0 up to it and 1 after
+    is_next.bin    uint8
+    mask_pos.bin   uint16  masked positions, back to back
+    mask_label.bin uint16  the original ids at those positions
+    mask_off.bin   int64   where instance i's masked positions start (n + 1 entries)
+    meta.json      the source's size and mtime (a changed source is rebuilt), counts, max length and id
+
+Later runs memory-map the arrays: RAM use does not grow with the number of instances.
+"""
+import contextlib
+import json
+import os
+import shutil
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from errors import UserError, require_file
+
+ARRAYS = {"tokens": np.uint16, "tok_off": np.int64, "len_a": np.uint16, "is_next": np.uint8,
+          "mask_pos": np.uint16, "mask_label": np.uint16, "mask_off": np.int64}
+
+
+def source_stamp(path):
+    st = os.stat(path)
+    return {"source_size": st.st_size, "source_mtime": st.st_mtime}
+
+
+def parse_instance(line, path, lineno):
+    """One JSON line -> (tokens, len_a, is_next, mask_pos, mask_label), or a one-line error naming the line."""
+    where = f"{path}:{lineno}"
+    try:
+        d = json.loads(line)
+        tokens, segment, is_next = d["tokens"], d["segment"], int(d["is_next"])
+        mask_pos, mask_label = d["mask_pos"], d["mask_label"]
+    except json.JSONDecodeError as e:
+        raise UserError(f"{where}: malformed JSON ({e.msg}); rebuild it with `python data.py`") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{where}: not a pretraining instance (bad or missing field {e}); rebuild it with `python data.py`") from None
+    if len(tokens) != len(segment) or len(mask_pos) != len(mask_label) or not tokens:
+        raise UserError(f"{where}: tokens/segment or mask_pos/mask_label lengths differ; rebuild it with `python data.py`")
+    len_a = segment.index(1) if 1 in segment else len(segment)
+    if any(s != (i >= len_a) for i, s in enumerate(segment)) or is_next not in (0, 1):
+        raise UserError(f"{where}: segment ids must be 0s then 1s and is_next 0 or 1; rebuild it with `python data.py`")
+    if any(not 0 <= p < len(tokens) for p in mask_pos) or max(tokens) > 65535 or min(tokens) < 0:
+        raise UserError(f"{where}: a masked position or token id is out of range; rebuild it with `python data.py`")
+    return tokens, len_a, is_next, mask_pos, mask_label
+
+
+def build_cache(path, cache_dir, flush_every=20000):
+    """Stream the JSON lines of `path` into the binary arrays of `cache_dir` (built in a temp dir, then renamed)."""
+    tmp = cache_dir + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    buf = {name: [] for name in ARRAYS}
+    n, n_tok, n_mask, max_len, max_id = 0, 0, 0, 0, 0
+    buf["tok_off"].append(0)
+    buf["mask_off"].append(0)
+
+    def flush():
+        for name, values in buf.items():
+            if values:
+                np.asarray(values, dtype=ARRAYS[name]).tofile(files[name])
+                values.clear()
+
+    with contextlib.ExitStack() as stack:
+        files = {name: stack.enter_context(open(os.path.join(tmp, f"{name}.bin"), "wb")) for name in ARRAYS}
+        f = stack.enter_context(open(path, encoding="utf-8"))
+        with tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, desc=f"caching {os.path.basename(path)}") as bar:
+            for lineno, line in enumerate(f, 1):
+                bar.update(len(line.encode("utf-8")))
+                if not line.strip():
+                    continue
+                tokens, len_a, is_next, mask_pos, mask_label = parse_instance(line, path, lineno)
+                n += 1
+                n_tok += len(tokens)
+                n_mask += len(mask_pos)
+                max_len, max_id = max(max_len, len(tokens)), max(max_id, max(tokens), max(mask_label, default=0))
+                buf["tokens"].extend(tokens)
+                buf["tok_off"].append(n_tok)
+                buf["len_a"].append(len_a)
+                buf["is_next"].append(is_next)
+                buf["mask_pos"].extend(mask_pos)
+                buf["mask_label"].extend(mask_label)
+                buf["mask_off"].append(n_mask)
+                if len(buf["tok_off"]) >= flush_every:
+                    flush()
+        flush()
+    if n == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{path} holds no instances; rebuild it with `python data.py` on a non-empty corpus")
+    meta = {**source_stamp(path), "n": n, "n_tokens": n_tok, "max_len": max_len, "max_id": max_id}
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(meta, f)
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    os.replace(tmp, cache_dir)
+
+
+class PretrainStore(torch.utils.data.Dataset):
+    """Instances of a data.py JSON-lines file, served from its memory-mapped cache."""
+
+    def __init__(self, path):
+        require_file(path, "run `python data.py` to make it")
+        self.cache_dir = path + ".cache"
+        meta_path = os.path.join(self.cache_dir, "meta.json")
+        meta = None
+        if os.path.exists(meta_path):
+            with open(meta_path) as f:
+                meta = json.load(f)
+        if meta is None or {k: meta[k] for k in ("source_size", "source_mtime")} != source_stamp(path):
+            build_cache(path, self.cache_dir)
+            with open(meta_path) as f:
+                meta = json.load(f)
+        self.meta = meta
+        self.n, self.max_len, self.max_id = meta["n"], meta["max_len"], meta["max_id"]
+        self.arrays = None  # mapped lazily, so that DataLoader workers each open their own maps
+
+    def _map(self):
+        self.arrays = {name: np.memmap(os.path.join(self.cache_dir, f"{name}.bin"), dtype=dtype, mode="r")
+                       for name, dtype in ARRAYS.items()}
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if self.arrays is None:
+            self._map()
+        a = self.arrays
+        t0, t1 = a["tok_off"][i], a["tok_off"][i + 1]
+        m0, m1 = a["mask_off"][i], a["mask_off"][i + 1]
+        return (a["tokens"][t0:t1].astype(np.int64), int(a["len_a"][i]), int(a["is_next"][i]),
+                a["mask_pos"][m0:m1].astype(np.int64), a["mask_label"][m0:m1].astype(np.int64))
+
+
+def collate_pretrain(batch):
+    """Pad a list of instances to the longest in the batch; labels of padded mask slots are -100 (ignored)."""
+    B = len(batch)
+    T = max(len(b[0]) for b in batch)
+    P = max(1, max(len(b[3]) for b in batch))
+    input_ids = torch.zeros(B, T, dtype=torch.long)
+    token_type_ids = torch.zeros(B, T, dtype=torch.long)
+    attention_mask = torch.zeros(B, T, dtype=torch.long)
+    mask_pos = torch.zeros(B, P, dtype=torch.long)
+    mask_label = torch.full((B, P), -100, dtype=torch.long)
+    is_next = torch.zeros(B, dtype=torch.long)
+    for i, (tokens, len_a, nxt, pos, label) in enumerate(batch):
+        n, p = len(tokens), len(pos)
+        input_ids[i, :n] = torch.from_numpy(tokens)
+        token_type_ids[i, len_a:n] = 1
+        attention_mask[i, :n] = 1
+        mask_pos[i, :p] = torch.from_numpy(pos)
+        mask_label[i, :p] = torch.from_numpy(label)
+        is_next[i] = nxt
+    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask,
+            "mask_pos": mask_pos, "mask_label": mask_label, "is_next": is_next}
