@@ -30,22 +30,23 @@ def encode_reviews(sp, reviews, n_seq):
     return [np.array([CLS_ID] + ids[: n_seq - 2] + [SEP_ID], dtype=np.int64) for ids in sp.encode(reviews)]
 
 
-class ReviewDataset(torch.utils.data.Dataset):
-    def __init__(self, ids, labels):
-        self.ids, self.labels = ids, labels
+def length_batches(lengths, batch, rng, pool=50):
+    """Shuffled batches of reviews of similar length: shuffle, sort each pool of `pool` batches by length,
+    cut it into batches, shuffle the batches. NSMC reviews average 26 tokens but a random batch of
+    128 pads to about 100, so this cuts the work of an epoch about 3x."""
+    order = rng.permutation(len(lengths))
+    batches = []
+    for i in range(0, len(order), batch * pool):
+        chunk = order[i : i + batch * pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[j : j + batch] for j in range(0, len(chunk), batch)]
+    return [batches[k] for k in rng.permutation(len(batches))]
 
-    def __len__(self):
-        return len(self.ids)
 
-    def __getitem__(self, i):
-        return self.ids[i], self.labels[i]
-
-
-def collate_reviews(batch):
-    """Pad to the longest review in the batch (reviews are short: most batches are far below n_seq)."""
-    T = max(len(ids) for ids, _ in batch)
-    input_ids = torch.zeros(len(batch), T, dtype=torch.long)
-    for i, (ids, _) in enumerate(batch):
-        input_ids[i, : len(ids)] = torch.from_numpy(ids)
-    labels = torch.tensor([label for _, label in batch], dtype=torch.long)
+def collate_reviews(ids, labels=None):
+    """A batch padded to its longest review (pad id 0); labels 0 when not given."""
+    input_ids = torch.zeros(len(ids), max(len(x) for x in ids), dtype=torch.long)
+    for i, x in enumerate(ids):
+        input_ids[i, : len(x)] = torch.from_numpy(x)
+    labels = torch.tensor(labels if labels is not None else [0] * len(ids), dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": (input_ids != 0).long(), "labels": labels}

@@ -3,6 +3,7 @@
     python pretrain.py                      # CPU (bf16 autocast where the CPU has it)
     python pretrain.py --gpu 0              # one GPU
     python pretrain.py --epoch 10           # run again: resumes from --save and trains up to epoch 10
+    python pretrain.py --pretrain hf_dir    # continue pretraining a Hugging Face BERT (export.py writes one)
 
 Saves model, optimizer, scheduler, epoch, step, config and vocabulary size to --save after every
 epoch; when --save exists, training resumes from it. Logs MLM loss/accuracy and NSP accuracy to
@@ -124,13 +125,15 @@ def main(argv=None):
                 mlm_logits, nsp_logits = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], batch["mask_pos"])
             labels = batch["mask_label"]
             mlm_loss = F.cross_entropy(mlm_logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
-            nsp_loss = F.cross_entropy(nsp_logits.float(), batch["is_next"])
+            # NSP class 0 = "B follows A", 1 = "B is random", as in Google's BERT and Hugging Face
+            nsp_label = 1 - batch["is_next"]
+            nsp_loss = F.cross_entropy(nsp_logits.float(), nsp_label)
             train_step(model, optimizer, scheduler, scaler, mlm_loss + nsp_loss, args.clip)
             step += 1
             with torch.no_grad():
                 valid = labels != -100
                 sums += torch.stack([mlm_loss.detach() * len(labels), ((mlm_logits.argmax(-1) == labels) & valid).sum(),
-                                     valid.sum(), nsp_loss.detach() * len(labels), (nsp_logits.argmax(-1) == batch["is_next"]).sum()])
+                                     valid.sum(), nsp_loss.detach() * len(labels), (nsp_logits.argmax(-1) == nsp_label).sum()])
             seen += len(labels)
             tokens += int(batch["attention_mask"].sum())
             if step % args.log_every == 0 or i + 1 == len(loader) or step == args.max_steps:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from checkpoint import check_config, encoder_weights, load_checkpoint, save_checkpoint
 from errors import UserError, main_guard, require_file
 from model import BertConfig, BertForSequenceClassification, configure_optimizer, count_parameters
-from nsmc import ReviewDataset, collate_reviews, encode_reviews, read_nsmc
+from nsmc import collate_reviews, encode_reviews, length_batches, read_nsmc
 from training import append_csv, get_device, linear_warmup_decay, mixed_precision, plot_csv, set_seed, train_step
 from vocab import load_vocab
 
@@ -53,11 +53,10 @@ def evaluate(model, ids, labels, batch, device, autocast):
     """-> (mean loss, accuracy). Reviews are sorted by length so each batch pads little."""
     model.eval()
     order = np.argsort([len(x) for x in ids], kind="stable")
-    loader = torch.utils.data.DataLoader(ReviewDataset([ids[i] for i in order], [labels[i] for i in order]),
-                                         batch_size=batch, collate_fn=collate_reviews)
     loss, correct = 0.0, 0
-    for b in loader:
-        b = {k: v.to(device) for k, v in b.items()}
+    for i in range(0, len(order), batch):
+        idx = order[i : i + batch]
+        b = {k: v.to(device) for k, v in collate_reviews([ids[j] for j in idx], [labels[j] for j in idx]).items()}
         with autocast:
             logits = model(b["input_ids"], attention_mask=b["attention_mask"]).float()
         loss += F.cross_entropy(logits, b["labels"], reduction="sum").item()
@@ -86,7 +85,8 @@ def main(argv=None):
         check_config(state, config, args.pretrain, args.config)
         missing, unexpected = model.load_state_dict(encoder_weights(state), strict=False)
         assert not unexpected and all(k.startswith("classifier.") for k in missing), (missing, unexpected)
-        print(f"fine-tuning from {args.pretrain} ({state.get('epoch', '?')} pretraining epochs)")
+        done = f" ({state['epoch']} pretraining epochs, {state['step']} steps)" if "step" in state else ""
+        print(f"fine-tuning from {args.pretrain}{done}")
     else:
         print("no --pretrain given: training from scratch (random weights)")
     model.to(device)
@@ -103,11 +103,11 @@ def main(argv=None):
     print(f"model: {count_parameters(model) / 1e6:.1f}M parameters; {len(train_ids):,} train / {len(valid_ids):,} valid / "
           f"{len(test_ids):,} test reviews; {precision} on {device}")
 
-    loader_gen = torch.Generator().manual_seed(args.seed)
-    loader = torch.utils.data.DataLoader(ReviewDataset(train_ids, train_labels), batch_size=args.batch, shuffle=True,
-                                         generator=loader_gen, collate_fn=collate_reviews, drop_last=len(train_ids) > args.batch)
+    lengths = np.array([len(x) for x in train_ids])
+    batch_rng = np.random.default_rng(args.seed + 1)
+    steps_per_epoch = len(length_batches(lengths, args.batch, np.random.default_rng(0)))  # the count does not depend on the draw
     optimizer = configure_optimizer(model, args.lr, args.weight_decay, device_type=device.type)
-    total_steps = len(loader) * args.epoch
+    total_steps = steps_per_epoch * args.epoch
     warmup = max(1, int(args.warmup * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_warmup_decay(s, warmup, total_steps))
 
@@ -120,7 +120,8 @@ def main(argv=None):
     model.train()
     for epoch in range(1, args.epoch + 1):
         loss_sum, n = torch.zeros((), device=device), 0
-        for b in tqdm(loader, desc=f"epoch {epoch}/{args.epoch}"):
+        for idx in tqdm(length_batches(lengths, args.batch, batch_rng), desc=f"epoch {epoch}/{args.epoch}"):
+            b = collate_reviews([train_ids[i] for i in idx], [train_labels[i] for i in idx])
             b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
             with autocast:
                 logits = model(b["input_ids"], attention_mask=b["attention_mask"])

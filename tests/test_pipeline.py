@@ -22,7 +22,7 @@ MICRO = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "i
 
 def run_cli(*args):
     """Run a script as a user would; -> (exit code, stdout + stderr)."""
-    p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     return p.returncode, p.stdout + p.stderr
 
 
