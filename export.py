@@ -84,8 +84,8 @@ types = [0] * (len(a) + 2) + [1] * (len(b) + 1)
 with torch.no_grad():
     out = model(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([types]),
                 attention_mask=torch.ones(1, len(ids), dtype=torch.long))
-# NSP as pretrain.py trained it: index 1 = B follows A (Hugging Face's next_sentence_label uses 0 for that)
-print(out.prediction_logits.shape, out.seq_relationship_logits.softmax(-1)[0, 1])"""
+# NSP index 0 = B follows A, 1 = B is random (Hugging Face's next_sentence_label; pretrain.py trains it so)
+print(out.prediction_logits.shape, out.seq_relationship_logits.softmax(-1)[0, 0])"""
 
 
 def main(argv=None):

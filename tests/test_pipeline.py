@@ -191,3 +191,20 @@ def test_truncated_checkpoint_and_bad_nsmc_file(work, tmp_path):
         train.main(["--config", work["config"], "--vocab", work["vocab"], "--train", str(bad)])
     with pytest.raises(UserError, match=r"is a pretraining checkpoint"):
         predict.main(["--save", work["save"], "--vocab", work["vocab"], "좋다"])
+
+
+def test_nsp_class_0_means_b_follows_a(work, tmp_path):
+    """As in Google's BERT and Hugging Face's next_sentence_label: trained on is_next=1 only, NSP predicts class 0."""
+    with open(work["instances"]) as f:
+        rows = [json.loads(next(f)) for _ in range(64)]
+    nxt = tmp_path / "all_next.json"
+    nxt.write_text("".join(json.dumps({**r, "is_next": 1}) + "\n" for r in rows))
+    save = str(tmp_path / "nsp.pth")
+    pretrain.main(pretrain_args(work, "--input", str(nxt), "--save", save, "--epoch", "3", "--lr", "3e-3"))
+    from model import BertConfig, BertForPreTraining
+    state = torch.load(save, weights_only=True)
+    model = BertForPreTraining(BertConfig.from_dict(state["config"])).eval()
+    model.load_state_dict(state["model"])
+    ids = torch.tensor([rows[0]["tokens"]])
+    _, nsp = model(ids, torch.tensor([rows[0]["segment"]]), torch.ones_like(ids))
+    assert nsp.argmax(-1).item() == 0 and nsp.softmax(-1)[0, 0] > 0.6
