@@ -224,7 +224,8 @@ def main(argv=None):
                     sums[7] += 1
                     log(f"step {step}: NaN/inf loss, step skipped ({bad_steps} in a row)", file=sys.stderr)
                     if bad_steps >= args.max_bad_steps:
-                        kept = f"{args.save} (step {torch.load(args.save, weights_only=True)['step']}) is kept" if os.path.exists(args.save) else "no checkpoint was written yet"
+                        # skipped steps leave the weights alone, so the last checkpoint holds good ones
+                        kept = f"{args.save} (step {torch.load(args.save, weights_only=True)['step']}) holds the last good weights" if os.path.exists(args.save) else "no checkpoint was written yet"
                         raise UserError(f"stopped at step {step}: {bad_steps} NaN/inf losses in a row (--max_bad_steps); "
                                         f"{kept}; lower --lr or check the data")
                 last = epoch_step == len(batches)
@@ -251,6 +252,8 @@ def main(argv=None):
     except torch.OutOfMemoryError:
         raise UserError(f"out of memory at step {step + 1} with --batch {args.batch}: lower --batch and raise --grad_accum "
                         f"to keep the effective batch; {args.save} holds the last checkpoint") from None
+    finally:
+        stop.restore()
     if world > 1:
         dist.destroy_process_group()
 

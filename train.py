@@ -240,7 +240,8 @@ def main(argv=None):
                 if not ok:
                     log(f"step {step}: NaN/inf loss, step skipped ({bad_steps} in a row)", file=sys.stderr)
                     if bad_steps >= args.max_bad_steps:
-                        kept = f"{resume} (step {torch.load(resume, weights_only=True)['step']}) is kept" if os.path.exists(resume) else "no training state was written yet"
+                        # skipped steps leave the weights alone, so the last checkpoint holds good ones
+                        kept = f"{resume} (step {torch.load(resume, weights_only=True)['step']}) holds the last good weights" if os.path.exists(resume) else "no training state was written yet"
                         raise UserError(f"stopped at step {step}: {bad_steps} NaN/inf losses in a row (--max_bad_steps); "
                                         f"{kept}; lower --lr or check the data")
                 if args.save_steps and step % args.save_steps == 0 and epoch_step < len(batches):
@@ -270,6 +271,8 @@ def main(argv=None):
     except torch.OutOfMemoryError:
         raise UserError(f"out of memory at step {step + 1} with --batch {args.batch}: lower --batch and raise --grad_accum "
                         f"to keep the effective batch; the training state in {resume} is kept") from None
+    finally:
+        stop.restore()
     if master and os.path.exists(resume):
         os.remove(resume)  # done: --save holds the model, and running again starts afresh
     log(f"best epoch {best['epoch']} (valid acc {best['valid_acc']:.4f}): test accuracy {best['test_acc']:.4f}; "

@@ -5,6 +5,7 @@ import csv
 import os
 import random
 import signal
+import warnings
 
 import numpy as np
 import torch
@@ -105,11 +106,15 @@ class StopSignal:
 
     def __init__(self):
         self.signum = 0
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, self.handle)
+        self.before = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def handle(self, signum, frame):
         self.signum = signum
+
+    def restore(self):
+        """Put back the handlers from before (main() may run inside another program, a test say)."""
+        for s, h in self.before.items():
+            signal.signal(s, h)
 
 
 def optimizer_step(model, optimizer, scheduler, scaler, clip):
@@ -127,7 +132,9 @@ def optimizer_step(model, optimizer, scheduler, scaler, clip):
     elif finite:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()" when the first step is skipped
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler.step()
     return finite
 
 
