@@ -33,6 +33,7 @@ from training import (
     all_sum,
     append_csv,
     gather_rng_states,
+    ignore_sigint,
     linear_warmup_decay,
     mixed_precision,
     optimizer_step,
@@ -182,7 +183,7 @@ def main(argv=None):
             batches = epoch_batches(len(data), args.seed, epoch, global_batch, min_size)
             micro = [mb for b in batches[epoch_step:] for mb in split_step(b, rank, world, args.grad_accum)]
             loader = torch.utils.data.DataLoader(data, batch_sampler=micro, collate_fn=collate_pretrain, num_workers=args.workers,
-                                                 pin_memory=device.type == "cuda", generator=loader_gen)
+                                                 pin_memory=device.type == "cuda", generator=loader_gen, worker_init_fn=ignore_sigint)
             it = iter(loader)
             bar = tqdm(zip(*[it] * args.grad_accum), desc=f"epoch {epoch + 1}/{args.epoch}", total=len(batches),
                        initial=epoch_step, disable=not master)

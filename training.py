@@ -117,6 +117,12 @@ class StopSignal:
             signal.signal(s, h)
 
 
+def ignore_sigint(worker_id):
+    """DataLoader workers leave Ctrl-C to the training process, which saves and exits (a worker killed by it
+    would make the DataLoader raise instead)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def optimizer_step(model, optimizer, scheduler, scaler, clip):
     """Clip and step after the backward passes of one step; with a grad scaler when training in fp16.
     -> False when the gradient norm is NaN/inf (from a NaN/inf loss): the weights are left as they
