@@ -148,15 +148,16 @@ def get_rng_state():
     """torch, CUDA, numpy and Python RNG states as tensors and lists, which torch.load(weights_only=True) reads back."""
     _, keys, pos, has_gauss, gauss = np.random.get_state()
     version, py_state, py_gauss = random.getstate()
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    # CUDA: the current GPU's generator only (asking for all would start a CUDA context on every GPU in every process)
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
             "numpy": torch.from_numpy(keys.astype(np.int64)), "numpy_rest": [int(pos), int(has_gauss), float(gauss)],
             "python": [version, list(py_state), py_gauss]}
 
 
 def set_rng_state(state):
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] is not None and torch.cuda.is_initialized():
+        torch.cuda.set_rng_state(state["cuda"])
     pos, has_gauss, gauss = state["numpy_rest"]
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, py_state, py_gauss = state["python"]
