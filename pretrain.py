@@ -134,9 +134,11 @@ def main(argv=None):
         if "optimizer" not in state:
             raise UserError(f"{args.save} is a fine-tuned model, not a pretraining checkpoint; pass another --save")
         epoch, step, epoch_step, rng = state["epoch"], state["step"], state.get("epoch_step", 0), state.get("rng")
-        if epoch_step and state.get("global_batch") != global_batch:
-            raise UserError(f"{args.save} stopped mid-epoch with global_batch={state.get('global_batch')} but this run has "
-                            f"global_batch={global_batch} (--batch x --grad_accum x processes); resume with the same")
+        # mid-epoch, the rest of the epoch's data order depends on these (global_batch: --batch x --grad_accum x processes)
+        for name, value in {"global_batch": global_batch, "instances": len(data), "seed": args.seed}.items():
+            if epoch_step and state.get(name) != value:
+                raise UserError(f"{args.save} stopped mid-epoch with {name}={state.get(name)} but this run has {name}={value}; "
+                                "resume with the same, or delete it to start afresh")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -166,7 +168,7 @@ def main(argv=None):
             save_checkpoint(args.save, {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                                         "epoch": epoch, "step": step, "epoch_step": epoch_step, "global_batch": global_batch,
-                                        "rng": states, "config": config.to_dict(), "vocab_size": config.vocab_size})
+                                        "instances": len(data), "seed": args.seed, "rng": states, "config": config.to_dict(), "vocab_size": config.vocab_size})
 
     if rng and len(rng) == world:
         set_rng_state(rng[rank])  # dropout goes on with the masks it would have drawn
