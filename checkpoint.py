@@ -8,9 +8,11 @@ a temporary file, flushed and fsynced, then renamed over the old one.
 pytorch_model.bin, as `save_pretrained` or export.py write it) into the same dict shape, so every
 script that takes a checkpoint takes such a directory too.
 """
+import io
 import json
 import os
 import pickle
+import signal
 import zipfile
 
 import torch
@@ -23,13 +25,34 @@ ARCH_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_
                "max_position_embeddings", "type_vocab_size", "hidden_act", "layer_norm_eps")
 
 
+_saves = 0
+
+
 def save_checkpoint(path, state):
+    """Write `state` to `path` atomically. The previous checkpoint stays whole until the rename: a kill
+    at any moment leaves either the old file or the new one, never a mix (a stale `path.tmp` at most)."""
+    global _saves
+    _saves += 1
     tmp = f"{path}.tmp"
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getbuffer()
     with open(tmp, "wb") as f:
-        torch.save(state, f)
+        if os.environ.get("BERT_KILL_IN_SAVE") == str(_saves):  # the fault tests: SIGKILL halfway through this save
+            f.write(data[: len(data) // 2])
+            f.flush()
+            os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    # make the rename itself durable (the directory entry), so a power cut cannot bring the old file back
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # Hugging Face config values our model does not compute, with the one value it does

@@ -5,24 +5,46 @@
     python pretrain.py --epoch 10           # run again: resumes from --save and trains up to epoch 10
     python pretrain.py --pretrain hf_dir    # continue pretraining a Hugging Face BERT (export.py writes one)
 
-Saves model, optimizer, scheduler, epoch, step, config and vocabulary size to --save after every
-epoch; when --save exists, training resumes from it. Logs MLM loss/accuracy and NSP accuracy to
-<log_dir>/log.csv and draws <log_dir>/loss.svg.
+    torchrun --nproc_per_node 4 pretrain.py --gpu 0   # 4 GPUs, data-parallel (DDP); --batch is per process
+
+Saves model, optimizer, scheduler, grad scaler, RNG states and the position in the data order to
+--save after every epoch and every --save_steps steps; when --save exists, training resumes from
+exactly there. SIGINT/SIGTERM save and exit. Logs MLM loss/accuracy and NSP accuracy to
+<log_dir>/log.csv and draws <log_dir>/loss.svg (rank 0 only).
 """
 import argparse
-import math
 import os
+import signal
+import sys
 import time
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from checkpoint import check_config, load_checkpoint, save_checkpoint
 from errors import UserError, main_guard, require_file
 from model import BertConfig, BertForPreTraining, configure_optimizer, count_parameters
 from store import PretrainStore, collate_pretrain
-from training import append_csv, get_device, linear_warmup_decay, mixed_precision, plot_csv, set_seed, train_step
+from training import (
+    StopSignal,
+    all_sum,
+    append_csv,
+    gather_rng_states,
+    ignore_sigint,
+    linear_warmup_decay,
+    mixed_precision,
+    optimizer_step,
+    plot_csv,
+    rank0_first,
+    set_rng_state,
+    set_seed,
+    setup_distributed,
+    split_step,
+    truncate_csv,
+)
 from vocab import load_vocab
 
 
@@ -35,12 +57,16 @@ def get_args(argv=None):
     p.add_argument("--pretrain", default=None, help="initial weights: a pretrain.py checkpoint or a Hugging Face BERT directory; "
                    "ignored when resuming from --save")
     p.add_argument("--epoch", type=int, default=3, help="train until this many epochs are done")
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=32, help="instances per process per micro-batch")
+    p.add_argument("--grad_accum", type=int, default=1, help="micro-batches per optimizer step (effective batch: batch x grad_accum x processes)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--warmup", type=float, default=0.01, help="warmup steps, as a fraction of all steps")
     p.add_argument("--weight_decay", type=float, default=0.01)
     p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
     p.add_argument("--max_steps", type=int, default=0, help="stop after this many optimizer steps in all (0: no limit)")
+    p.add_argument("--save_steps", type=int, default=0, help="also save every this many optimizer steps (0: at epoch ends only)")
+    p.add_argument("--max_bad_steps", type=int, default=5, help="stop after this many NaN/inf losses in a row (each is skipped)")
+    p.add_argument("--skip_bad_lines", action="store_true", help="train without the malformed lines of --input instead of stopping")
     p.add_argument("--gpu", type=int, default=None, help="CUDA device index; CPU when left out")
     p.add_argument("--fp32", action="store_true", help="turn off mixed precision")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: load in the training process)")
@@ -50,18 +76,29 @@ def get_args(argv=None):
     return p.parse_args(argv)
 
 
+def epoch_batches(n, seed, epoch, global_batch, min_size):
+    """The global batches of one epoch: a permutation that depends on (seed, epoch) alone, so a resumed run
+    draws it again, cut into batches of `global_batch`; a last batch too small to give every process and
+    micro-batch an instance (`min_size`) is dropped."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    batches = [perm[i : i + global_batch] for i in range(0, n, global_batch)]
+    return [b for b in batches if len(b) >= min_size]
+
+
 def main(argv=None):
     args = get_args(argv)
-    if args.epoch < 1 or args.batch < 1:
-        raise UserError("--epoch and --batch must be at least 1")
+    if args.epoch < 1 or args.batch < 1 or args.grad_accum < 1:
+        raise UserError("--epoch, --batch and --grad_accum must be at least 1")
     require_file(args.config, "pass --config config_half.json or config.json")
-    set_seed(args.seed)
-    device = get_device(args.gpu)
+    rank, world, device = setup_distributed(args.gpu)
+    master = rank == 0  # only rank 0 prints, logs, plots and writes checkpoints
+    log = print if master else lambda *a, **k: None
+    set_seed(args.seed + rank)  # dropout differs per process; DDP copies rank 0's initial weights to the others
     autocast, scaler, precision = mixed_precision(device, args.fp32)
 
     sp = load_vocab(args.vocab)
     config = BertConfig.from_json_file(args.config, vocab_size=sp.get_piece_size())
-    data = PretrainStore(args.input)
+    data = rank0_first(lambda: PretrainStore(args.input, args.skip_bad_lines), rank, world)  # rank 0 builds the cache
     if data.max_len > config.max_position_embeddings:
         raise UserError(f"{args.input} has instances of {data.max_len} tokens but {args.config} allows "
                         f"{config.max_position_embeddings} positions; rebuild with `python data.py --n_seq {config.max_position_embeddings}`")
@@ -77,82 +114,151 @@ def main(argv=None):
         missing, unexpected = model.load_state_dict(weights, strict=False)
         assert not unexpected and all(k.startswith("cls.") for k in missing), (missing, unexpected)
         fresh = sorted({".".join(k.split(".")[:2]) for k in missing})  # heads a fine-tuned or BertModel checkpoint lacks
-        print(f"starting from the weights of {args.pretrain}" + (f"; new random {', '.join(fresh)}" if fresh else ""))
+        log(f"starting from the weights of {args.pretrain}" + (f"; new random {', '.join(fresh)}" if fresh else ""))
     optimizer = configure_optimizer(model, args.lr, args.weight_decay, device_type=device.type)
-    steps_per_epoch = math.ceil(len(data) / args.batch)
+    global_batch = args.batch * args.grad_accum * world  # instances per optimizer step, all processes together
+    min_size = world * args.grad_accum
+    steps_per_epoch = len(data) // global_batch + (len(data) % global_batch >= min_size)
+    if steps_per_epoch == 0:
+        raise UserError(f"{args.input} has {len(data)} instances, fewer than processes x --grad_accum ({min_size})")
     total_steps = steps_per_epoch * args.epoch
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
     warmup = max(1, int(args.warmup * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_warmup_decay(s, warmup, total_steps))
 
-    epoch, step = 0, 0
+    epoch, step, epoch_step, rng = 0, 0, 0, None  # epochs done, optimizer steps done, steps done in the current epoch
     if os.path.exists(args.save):
         state = load_checkpoint(args.save, "delete it or pass another --save to start afresh")
         check_config(state, config, args.save, args.config)
         if "optimizer" not in state:
             raise UserError(f"{args.save} is a fine-tuned model, not a pretraining checkpoint; pass another --save")
+        epoch, step, epoch_step, rng = state["epoch"], state["step"], state.get("epoch_step", 0), state.get("rng")
+        # mid-epoch, the rest of the epoch's data order depends on these (global_batch: --batch x --grad_accum x processes)
+        for name, value in {"global_batch": global_batch, "instances": len(data), "seed": args.seed}.items():
+            if epoch_step and state.get(name) != value:
+                raise UserError(f"{args.save} stopped mid-epoch with {name}={state.get(name)} but this run has {name}={value}; "
+                                "resume with the same, or delete it to start afresh")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        epoch, step = state["epoch"], state["step"]
-        print(f"resuming from {args.save}: {epoch} epochs, {step} steps done")
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        log(f"resuming from {args.save}: {epoch} epochs, {step} steps done" + (f" ({epoch_step} into epoch {epoch + 1})" if epoch_step else ""))
         if epoch >= args.epoch or (args.max_steps and step >= args.max_steps):
-            print(f"nothing to do: {args.save} already has {epoch} epochs / {step} steps; raise --epoch to train more")
+            log(f"nothing to do: {args.save} already has {epoch} epochs / {step} steps; raise --epoch to train more")
             return
-    print(f"model: {count_parameters(model) / 1e6:.1f}M parameters, {config.num_hidden_layers} layers, "
-          f"hidden {config.hidden_size}; {len(data):,} instances; {precision} on {device}; "
-          f"{total_steps:,} steps of batch {args.batch}")
+    log(f"model: {count_parameters(model) / 1e6:.1f}M parameters, {config.num_hidden_layers} layers, "
+        f"hidden {config.hidden_size}; {len(data):,} instances; {precision} on {device}; {total_steps:,} steps of "
+        f"effective batch {global_batch} ({args.batch} x {args.grad_accum} micro-batches x {world} processes)")
 
-    os.makedirs(args.log_dir, exist_ok=True)
     log_csv = os.path.join(args.log_dir, "log.csv")
-    if step == 0 and os.path.exists(log_csv):
-        os.remove(log_csv)
-    loader_gen = torch.Generator()
+    if master:
+        os.makedirs(args.log_dir, exist_ok=True)
+        if step == 0 and os.path.exists(log_csv):
+            os.remove(log_csv)
+        truncate_csv(log_csv, "step", step)  # rows logged after the checkpoint will come again
+    raw_model = model
+    if world > 1:
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def save():
+        states = gather_rng_states(world)  # every rank takes part; rank 0 writes
+        if master:
+            save_checkpoint(args.save, {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                                        "epoch": epoch, "step": step, "epoch_step": epoch_step, "global_batch": global_batch,
+                                        "instances": len(data), "seed": args.seed, "rng": states, "config": config.to_dict(), "vocab_size": config.vocab_size})
+
+    if rng and len(rng) == world:
+        set_rng_state(rng[rank])  # dropout goes on with the masks it would have drawn
+    elif rng:
+        log(f"note: {args.save} was written by {len(rng)} processes, this run has {world}; dropout draws new masks")
+    stop = StopSignal()
+    loader_gen = torch.Generator()  # the DataLoader seeds its workers from this, not from the RNG dropout uses
     model.train()
+    sums = torch.zeros(8, device=device)  # mlm loss, mlm correct, mlm count, nsp loss, nsp correct, instances, tokens, skipped
+    bad_steps = 0
     t_start = t_log = time.time()
-    while epoch < args.epoch and not (args.max_steps and step >= args.max_steps):
-        loader_gen.manual_seed(args.seed + epoch)  # the same data order per epoch on resume
-        loader = torch.utils.data.DataLoader(data, batch_size=args.batch, shuffle=True, generator=loader_gen,
-                                             collate_fn=collate_pretrain, num_workers=args.workers,
-                                             pin_memory=device.type == "cuda", persistent_workers=False)
-        sums = torch.zeros(5, device=device)  # mlm loss, mlm correct, mlm count, nsp loss, nsp correct
-        seen, tokens = 0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epoch}")
-        for i, batch in enumerate(bar):
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with autocast:
-                mlm_logits, nsp_logits = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], batch["mask_pos"])
-            labels = batch["mask_label"]
-            mlm_loss = F.cross_entropy(mlm_logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
-            # NSP class 0 = "B follows A", 1 = "B is random", as in Google's BERT and Hugging Face
-            nsp_label = 1 - batch["is_next"]
-            nsp_loss = F.cross_entropy(nsp_logits.float(), nsp_label)
-            train_step(model, optimizer, scheduler, scaler, mlm_loss + nsp_loss, args.clip)
-            step += 1
-            with torch.no_grad():
-                valid = labels != -100
-                sums += torch.stack([mlm_loss.detach() * len(labels), ((mlm_logits.argmax(-1) == labels) & valid).sum(),
-                                     valid.sum(), nsp_loss.detach() * len(labels), (nsp_logits.argmax(-1) == nsp_label).sum()])
-            seen += len(labels)
-            tokens += int(batch["attention_mask"].sum())
-            if step % args.log_every == 0 or i + 1 == len(loader) or step == args.max_steps:
-                s = sums.tolist()  # one host sync per log row, not per step
-                row = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],
-                       "mlm_loss": s[0] / seen, "mlm_acc": s[1] / max(1, s[2]), "nsp_loss": s[3] / seen,
-                       "nsp_acc": s[4] / seen, "tokens_per_s": tokens / (time.time() - t_log), "elapsed_s": time.time() - t_start}
-                append_csv(log_csv, row)
-                bar.set_postfix(mlm_loss=f"{row['mlm_loss']:.3f}", mlm_acc=f"{row['mlm_acc']:.3f}", nsp_acc=f"{row['nsp_acc']:.3f}")
-                sums.zero_()
-                seen, tokens, t_log = 0, 0, time.time()
-            if args.max_steps and step >= args.max_steps:
-                break
-        epoch += 1
-        save_checkpoint(args.save, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
-                                    "config": config.to_dict(), "vocab_size": config.vocab_size})
-        plot_csv(log_csv, os.path.join(args.log_dir, "loss.svg"), "step", ["mlm_loss", "nsp_loss"], "loss")
-        print(f"epoch {epoch}: saved {args.save} (step {step}); log {log_csv}")
+    try:
+        while epoch < args.epoch and not (args.max_steps and step >= args.max_steps):
+            batches = epoch_batches(len(data), args.seed, epoch, global_batch, min_size)
+            micro = [mb for b in batches[epoch_step:] for mb in split_step(b, rank, world, args.grad_accum)]
+            loader = torch.utils.data.DataLoader(data, batch_sampler=micro, collate_fn=collate_pretrain, num_workers=args.workers,
+                                                 pin_memory=device.type == "cuda", generator=loader_gen, worker_init_fn=ignore_sigint)
+            it = iter(loader)
+            bar = tqdm(zip(*[it] * args.grad_accum), desc=f"epoch {epoch + 1}/{args.epoch}", total=len(batches),
+                       initial=epoch_step, disable=not master)
+            for micro_batches in bar:  # the micro-batches of one optimizer step
+                # the step's instance and masked-token counts over all processes normalize the losses; the stop flag rides along
+                counts = torch.tensor([sum(int((b["mask_label"] != -100).sum()) for b in micro_batches),
+                                       sum(len(b["is_next"]) for b in micro_batches), stop.signum], dtype=torch.float64, device=device)
+                n_mask, n_inst, signaled = all_sum(counts, world).tolist()
+                if signaled:
+                    save()
+                    log(f"{signal.Signals(stop.signum or signal.SIGTERM).name}: saved {args.save} at step {step}; "
+                        "run the same command to resume", file=sys.stderr)
+                    sys.exit(128 + (stop.signum or signal.SIGTERM))
+                for k, batch in enumerate(micro_batches):
+                    batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}
+                    if world > 1:
+                        model.require_backward_grad_sync = k == args.grad_accum - 1  # DDP all-reduces on the last micro-batch only
+                    with autocast:
+                        mlm_logits, nsp_logits = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], batch["mask_pos"])
+                    labels = batch["mask_label"]
+                    mlm_loss = F.cross_entropy(mlm_logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+                    # NSP class 0 = "B follows A", 1 = "B is random", as in Google's BERT and Hugging Face
+                    nsp_label = 1 - batch["is_next"]
+                    nsp_loss = F.cross_entropy(nsp_logits.float(), nsp_label, reduction="sum")
+                    # means over the whole step (every process and micro-batch), so N processes x batch B x K micro-batches
+                    # make the gradient of one process with batch N*B*K; DDP divides by the number of processes, hence * world
+                    loss = (mlm_loss / max(n_mask, 1) + nsp_loss / n_inst) * world
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
+                    with torch.no_grad():
+                        valid = labels != -100
+                        sums[:7] += torch.stack([mlm_loss.detach(), ((mlm_logits.argmax(-1) == labels) & valid).sum(), valid.sum(),
+                                                 nsp_loss.detach(), (nsp_logits.argmax(-1) == nsp_label).sum(),
+                                                 torch.tensor(len(labels), device=device), batch["attention_mask"].sum()]).float()
+                ok = optimizer_step(model, optimizer, scheduler, scaler, args.clip)
+                step += 1
+                epoch_step += 1
+                bad_steps = 0 if ok else bad_steps + 1
+                if not ok:
+                    sums[7] += 1
+                    log(f"step {step}: NaN/inf loss, step skipped ({bad_steps} in a row)", file=sys.stderr)
+                    if bad_steps >= args.max_bad_steps:
+                        # skipped steps leave the weights alone, so the last checkpoint holds good ones
+                        kept = f"{args.save} (step {torch.load(args.save, weights_only=True)['step']}) holds the last good weights" if os.path.exists(args.save) else "no checkpoint was written yet"
+                        raise UserError(f"stopped at step {step}: {bad_steps} NaN/inf losses in a row (--max_bad_steps); "
+                                        f"{kept}; lower --lr or check the data")
+                last = epoch_step == len(batches)
+                at_max = bool(args.max_steps) and step >= args.max_steps
+                if step % args.log_every == 0 or last or at_max:
+                    s = all_sum(sums.clone(), world).tolist()  # one host sync per log row, not per step
+                    if master:
+                        row = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0], "mlm_loss": s[0] / max(1, s[2]),
+                               "mlm_acc": s[1] / max(1, s[2]), "nsp_loss": s[3] / s[5], "nsp_acc": s[4] / s[5],
+                               "tokens_per_s": s[6] / (time.time() - t_log), "skipped": int(s[7]), "elapsed_s": time.time() - t_start}
+                        append_csv(log_csv, row)
+                        bar.set_postfix(mlm_loss=f"{row['mlm_loss']:.3f}", mlm_acc=f"{row['mlm_acc']:.3f}", nsp_acc=f"{row['nsp_acc']:.3f}")
+                    sums.zero_()
+                    t_log = time.time()
+                if last:
+                    epoch, epoch_step = epoch + 1, 0
+                if last or at_max or (args.save_steps and step % args.save_steps == 0):
+                    save()
+                if last and master:
+                    plot_csv(log_csv, os.path.join(args.log_dir, "loss.svg"), "step", ["mlm_loss", "nsp_loss"], "loss")
+                    print(f"epoch {epoch}: saved {args.save} (step {step}); log {log_csv}")
+                if at_max:
+                    break
+    except torch.OutOfMemoryError:
+        raise UserError(f"out of memory at step {step + 1} with --batch {args.batch}: lower --batch and raise --grad_accum "
+                        f"to keep the effective batch; {args.save} holds the last checkpoint") from None
+    finally:
+        stop.restore()
+    if world > 1:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

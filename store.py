@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 
 import numpy as np
 import torch
@@ -55,13 +56,26 @@ def parse_instance(line, path, lineno):
     return tokens, len_a, is_next, mask_pos, mask_label
 
 
-def build_cache(path, cache_dir, flush_every=20000):
-    """Stream the JSON lines of `path` into the binary arrays of `cache_dir` (built in a temp dir, then renamed)."""
+def report_bad_lines(path, bad, skip):
+    """Print every bad line (file:line: why) to stderr; without --skip_bad_lines stop with one line before any training."""
+    for msg in bad:
+        print(f"bad line: {msg}", file=sys.stderr)
+    if bad and not skip:
+        more = f" (and {len(bad) - 1} more bad lines, listed above)" if len(bad) > 1 else ""
+        raise UserError(f"{bad[0]}{more}; or pass --skip_bad_lines to train without them")
+    if bad:
+        print(f"{path}: skipping {len(bad)} bad lines (--skip_bad_lines)", file=sys.stderr)
+
+
+def build_cache(path, cache_dir, skip_bad_lines=False, flush_every=20000):
+    """Stream the JSON lines of `path` into the binary arrays of `cache_dir` (built in a temp dir, then renamed).
+    Every bad line is collected, not just the first, so one pass over a large file names them all."""
     tmp = cache_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     buf = {name: [] for name in ARRAYS}
     n, n_tok, n_mask, max_len, max_id = 0, 0, 0, 0, 0
+    bad = []
     buf["tok_off"].append(0)
     buf["mask_off"].append(0)
 
@@ -79,7 +93,11 @@ def build_cache(path, cache_dir, flush_every=20000):
                 bar.update(len(line.encode("utf-8")))
                 if not line.strip():
                     continue
-                tokens, len_a, is_next, mask_pos, mask_label = parse_instance(line, path, lineno)
+                try:
+                    tokens, len_a, is_next, mask_pos, mask_label = parse_instance(line, path, lineno)
+                except UserError as e:
+                    bad.append(str(e))
+                    continue
                 n += 1
                 n_tok += len(tokens)
                 n_mask += len(mask_pos)
@@ -94,10 +112,15 @@ def build_cache(path, cache_dir, flush_every=20000):
                 if len(buf["tok_off"]) >= flush_every:
                     flush()
         flush()
+    try:
+        report_bad_lines(path, bad, skip_bad_lines)
+    except UserError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if n == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"{path} holds no instances; rebuild it with `python data.py` on a non-empty corpus")
-    meta = {**source_stamp(path), "n": n, "n_tokens": n_tok, "max_len": max_len, "max_id": max_id}
+    meta = {**source_stamp(path), "n": n, "n_tokens": n_tok, "max_len": max_len, "max_id": max_id, "bad_lines": bad}
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f)
     shutil.rmtree(cache_dir, ignore_errors=True)
@@ -107,7 +130,7 @@ def build_cache(path, cache_dir, flush_every=20000):
 class PretrainStore(torch.utils.data.Dataset):
     """Instances of a data.py JSON-lines file, served from its memory-mapped cache."""
 
-    def __init__(self, path):
+    def __init__(self, path, skip_bad_lines=False):
         require_file(path, "run `python data.py` to make it")
         self.cache_dir = path + ".cache"
         meta_path = os.path.join(self.cache_dir, "meta.json")
@@ -116,9 +139,11 @@ class PretrainStore(torch.utils.data.Dataset):
             with open(meta_path) as f:
                 meta = json.load(f)
         if meta is None or {k: meta[k] for k in ("source_size", "source_mtime")} != source_stamp(path):
-            build_cache(path, self.cache_dir)
+            build_cache(path, self.cache_dir, skip_bad_lines)
             with open(meta_path) as f:
                 meta = json.load(f)
+        else:  # a cache built with --skip_bad_lines: the same lines are still bad
+            report_bad_lines(path, meta.get("bad_lines", []), skip_bad_lines)
         self.meta = meta
         self.n, self.max_len, self.max_id = meta["n"], meta["max_len"], meta["max_id"]
         self.arrays = None  # mapped lazily, so that DataLoader workers each open their own maps

@@ -1,11 +1,15 @@
-"""Pieces both training scripts share: device and precision choice, the LR schedule, CSV logs and plots."""
+"""Pieces both training scripts share: device and precision choice, torchrun set-up, the optimizer step,
+RNG states for exact resume, the LR schedule, CSV logs and plots."""
 import contextlib
 import csv
 import os
 import random
+import signal
+import warnings
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from errors import UserError
 
@@ -51,20 +55,136 @@ def linear_warmup_decay(step, warmup_steps, total_steps):
     return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
-def train_step(model, optimizer, scheduler, scaler, loss, clip):
-    """backward, clip, step; with a grad scaler when training in fp16."""
+def setup_distributed(gpu):
+    """-> (rank, world size, device). torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them this is
+    one process as before. Under torchrun `--gpu` (any index) turns GPUs on and process LOCAL_RANK takes
+    GPU LOCAL_RANK (NCCL); without it every process runs on the CPU (gloo)."""
+    if "RANK" not in os.environ:
+        return 0, 1, get_device(gpu)
+    rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    device = get_device(local_rank) if gpu is not None else torch.device("cpu")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+    return rank, world, device
+
+
+def all_sum(t, world):
+    """Sum a tensor over all processes (in place); a no-op for one process."""
+    if world > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def rank0_first(fn, rank, world):
+    """Run fn on rank 0 first (it builds caches the others then read), then on the rest. A one-line error
+    on rank 0 stops every rank instead of leaving them waiting."""
+    failed = None
+    if rank == 0:
+        try:
+            out = fn()
+        except UserError as e:
+            failed = e
+    if world > 1:
+        flag = torch.tensor([failed is not None], dtype=torch.float32)
+        dist.all_reduce(flag)  # gloo or NCCL alike: every rank waits here for rank 0
+        if flag.item() and rank != 0:
+            raise UserError("rank 0 stopped (its error is above)")
+    if failed is not None:
+        raise failed
+    return out if rank == 0 else fn()
+
+
+def split_step(global_batch, rank, world, accum):
+    """The micro-batches one process trains on in one optimizer step: rank r takes items r::world of the
+    global batch, cut into `accum` parts. So N processes with batch B see together what one process with
+    batch N*B sees. The caller keeps global batches of at least world * accum items (no empty part)."""
+    return [list(part) for part in np.array_split(np.asarray(global_batch[rank::world]), accum)]
+
+
+class StopSignal:
+    """SIGINT/SIGTERM set a flag instead of killing the process; the training loop checks it between
+    steps (all ranks together), saves and exits."""
+
+    def __init__(self):
+        self.signum = 0
+        self.before = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handle(self, signum, frame):
+        self.signum = signum
+
+    def restore(self):
+        """Put back the handlers from before (main() may run inside another program, a test say)."""
+        for s, h in self.before.items():
+            signal.signal(s, h)
+
+
+def ignore_sigint(worker_id):
+    """DataLoader workers leave Ctrl-C to the training process, which saves and exits (a worker killed by it
+    would make the DataLoader raise instead)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def optimizer_step(model, optimizer, scheduler, scaler, clip):
+    """Clip and step after the backward passes of one step; with a grad scaler when training in fp16.
+    -> False when the gradient norm is NaN/inf (from a NaN/inf loss): the weights are left as they
+    were. Gradients are already summed across processes, so every rank sees the same norm and skips
+    together. The scheduler steps either way, so that the LR follows the step count."""
     if scaler is not None:
-        scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        scaler.step(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    finite = bool(torch.isfinite(norm))
+    if scaler is not None:
+        scaler.step(optimizer)  # skips by itself on inf/NaN gradients
         scaler.update()
-    else:
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    elif finite:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()" when the first step is skipped
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler.step()
+    return finite
+
+
+def get_rng_state():
+    """torch, CUDA, numpy and Python RNG states as tensors and lists, which torch.load(weights_only=True) reads back."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    # CUDA: the current GPU's generator only (asking for all would start a CUDA context on every GPU in every process)
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
+            "numpy": torch.from_numpy(keys.astype(np.int64)), "numpy_rest": [int(pos), int(has_gauss), float(gauss)],
+            "python": [version, list(py_state), py_gauss]}
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_initialized():
+        torch.cuda.set_rng_state(state["cuda"])
+    pos, has_gauss, gauss = state["numpy_rest"]
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, py_state, py_gauss = state["python"]
+    random.setstate((version, tuple(py_state), py_gauss))
+
+
+def gather_rng_states(world):
+    """Every rank's RNG states (dropout masks differ per rank), as a list indexed by rank."""
+    mine = get_rng_state()
+    if world == 1:
+        return [mine]
+    states = [None] * world
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def truncate_csv(path, column, last):
+    """Drop the rows of a CSV log whose `column` is above `last`: on resume, rows logged after the checkpoint come again."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows:
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(r for r in rows if float(r[column]) <= last)
 
 
 def append_csv(path, row):

@@ -1,0 +1,260 @@
+"""Fault cases: SIGKILL at a random moment, a kill halfway through a save, SIGTERM, NaN losses, bad instance
+lines, truncated/foreign/malicious/mismatched checkpoints. A resumed run must end with the very weights of an
+uninterrupted one (CPU, same seed, dropout on: the RNG states are restored too)."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import model as model_py
+import pretrain
+import train
+from errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE = os.path.join(ROOT, "data", "sample")
+MICRO = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+         "max_position_embeddings": 64, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+
+
+def write_instances(path, n, seed=0):
+    """n random but well-formed pretraining instances (ids below 1007, the sample vocabulary's size)."""
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            la, lb = rng.integers(3, 12, 2)
+            tokens = [5, *rng.integers(7, 1007, la).tolist(), 4, *rng.integers(7, 1007, lb).tolist(), 4]
+            pos = sorted(rng.choice(np.arange(1, len(tokens) - 1), 3, replace=False).tolist())
+            f.write(json.dumps({"tokens": tokens, "segment": [0] * int(la + 2) + [1] * int(lb + 1), "is_next": int(rng.integers(2)),
+                                "mask_pos": pos, "mask_label": rng.integers(7, 1007, 3).tolist()}) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread, in here and in the scripts started from here: the same arithmetic in both (bit-equal weights),
+    and no thread oversubscription on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, sample_spm):
+    d = tmp_path_factory.mktemp("resume")
+    (d / "micro.json").write_text(json.dumps(MICRO))
+    return {"dir": d, "config": str(d / "micro.json"), "vocab": sample_spm, "instances": write_instances(d / "inst.json", 48)}
+
+
+def args_for(s, save, *extra):
+    return ["--config", s["config"], "--vocab", s["vocab"], "--input", s["instances"], "--save", str(save), "--epoch", "3",
+            "--batch", "2", "--lr", "1e-3", "--fp32", "--save_steps", "1", "--log_every", "1",
+            "--log_dir", str(save) + ".log", *extra]
+
+
+def start(script, args, **env):
+    return subprocess.Popen([sys.executable, script, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+
+
+def wait_for(path, proc, timeout=120):
+    t = time.time()
+    while not os.path.exists(path):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t < timeout
+        time.sleep(0.01)
+
+
+def assert_same_state(a, b):
+    a, b = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    assert a["step"] == b["step"]
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    for i, st in a["optimizer"]["state"].items():
+        assert torch.equal(st["exp_avg_sq"], b["optimizer"]["state"][i]["exp_avg_sq"])
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    save = setup["dir"] / "ref.pth"
+    pretrain.main(args_for(setup, save))
+    return save
+
+
+def test_sigkill_at_a_random_moment_then_resume(setup, reference, tmp_path, capsys):
+    save = tmp_path / "killed.pth"
+    p = start("pretrain.py", args_for(setup, save))
+    wait_for(save, p)
+    time.sleep(random.uniform(0, 0.5))
+    p.send_signal(signal.SIGKILL)
+    p.communicate()
+    assert p.returncode == -signal.SIGKILL, "finished before the kill: lengthen the run"
+    killed_at = torch.load(save, weights_only=True)["step"]
+    assert 0 < killed_at <= 72
+    pretrain.main(args_for(setup, save))
+    assert f"resuming from {save}" in capsys.readouterr().out
+    assert_same_state(save, reference)
+    print(f"killed at step {killed_at} of 72")
+
+
+def test_kill_halfway_through_a_save_keeps_the_previous_checkpoint(setup, reference, tmp_path):
+    save = tmp_path / "cut.pth"
+    n = random.randint(3, 60)  # the n-th save dies after writing half of the temporary file
+    p = start("pretrain.py", args_for(setup, save), BERT_KILL_IN_SAVE=str(n))
+    p.communicate()
+    assert p.returncode == -signal.SIGKILL
+    assert torch.load(save, weights_only=True)["step"] == n - 1  # the previous checkpoint, whole
+    with pytest.raises(UserError, match=r"cut\.pth\.tmp is not a readable checkpoint"):
+        pretrain.main(args_for(setup, str(save) + ".tmp"))  # the half-written file is refused in one line
+    pretrain.main(args_for(setup, save))
+    assert_same_state(save, reference)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_save_and_exit_then_resume(setup, reference, tmp_path, sig):
+    save = tmp_path / "term.pth"
+    p = start("pretrain.py", args_for(setup, save))
+    wait_for(save, p)
+    time.sleep(random.uniform(0, 0.3))
+    p.send_signal(sig)
+    _, err = p.communicate()
+    assert p.returncode == 128 + sig and "Traceback" not in err
+    assert f"{sig.name}: saved {save} at step" in err
+    pretrain.main(args_for(setup, save))
+    assert_same_state(save, reference)
+
+
+def nan_on(calls, cls):
+    """A forward that returns NaN outputs on the given call numbers (1-based)."""
+    forward, count = cls.forward, [0]
+
+    def wrapped(self, *a, **k):
+        count[0] += 1
+        out = forward(self, *a, **k)
+        if count[0] in calls:
+            return tuple(o * float("nan") for o in out) if isinstance(out, tuple) else out * float("nan")
+        return out
+    return wrapped
+
+
+def test_nan_loss_is_skipped_and_logged(setup, tmp_path, monkeypatch, capsys):
+    save = tmp_path / "nan.pth"
+    monkeypatch.setattr(model_py.BertForPreTraining, "forward", nan_on({3}, model_py.BertForPreTraining))
+    pretrain.main(args_for(setup, save, "--epoch", "1"))
+    assert "step 3: NaN/inf loss, step skipped (1 in a row)" in capsys.readouterr().err
+    with open(str(save) + ".log/log.csv") as f:
+        assert [int(r.split(",")[-2]) for r in f.read().splitlines()[1:]][:4] == [0, 0, 1, 0]  # the skipped column
+    state = torch.load(save, weights_only=True)
+    assert state["step"] == 24 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_nan_losses_in_a_row_stop_with_the_last_good_checkpoint(setup, tmp_path, monkeypatch):
+    save = tmp_path / "nan.pth"
+    monkeypatch.setattr(model_py.BertForPreTraining, "forward", nan_on(set(range(5, 100)), model_py.BertForPreTraining))
+    with pytest.raises(UserError, match=r"stopped at step 7: 3 NaN/inf losses in a row .*nan\.pth \(step 6\) holds the last good weights"):
+        pretrain.main(args_for(setup, save, "--max_bad_steps", "3"))
+    state = torch.load(save, weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_nan_in_fine_tuning_stops(setup, tmp_path, monkeypatch):
+    monkeypatch.setattr(model_py.BertForSequenceClassification, "forward", nan_on(set(range(1, 100)), model_py.BertForSequenceClassification))
+    with pytest.raises(UserError, match=r"stopped at step 2: 2 NaN/inf losses in a row .*no training state was written yet"):
+        train.main(finetune_args(setup, tmp_path, "--max_bad_steps", "2"))
+
+
+def finetune_args(s, d, *extra):
+    return ["--config", s["config"], "--vocab", s["vocab"], "--train", nsmc_head(d / "train.txt", 700),
+            "--test", nsmc_head(d / "test.txt", 20), "--valid", "0.3", "--save", str(d / "best.pth"), "--epoch", "2",
+            "--batch", "16", "--lr", "1e-3", "--n_seq", "32", "--fp32", "--log_dir", str(d / "log"), *extra]
+
+
+def nsmc_head(path, n):
+    with open(os.path.join(SAMPLE, "ratings_test.txt"), encoding="utf-8") as f:
+        path.write_text("".join(f.readline() for _ in range(n + 1)), encoding="utf-8")
+    return str(path)
+
+
+def test_fine_tuning_killed_in_a_save_resumes_exactly(setup, tmp_path):
+    """train.py with --save_steps 1 (490 reviews: 31 steps an epoch): killed halfway through its 40th save, resumed."""
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    ref.mkdir()
+    cut.mkdir()
+    train.main(finetune_args(setup, ref, "--save_steps", "1"))
+    p = start("train.py", finetune_args(setup, cut, "--save_steps", "1"), BERT_KILL_IN_SAVE="40")
+    p.communicate()
+    assert p.returncode == -signal.SIGKILL
+    # saves 1-30: steps 1-30; epoch 1 ends at step 31: 31 the best model, 32 the state; 33-39: steps 32-38
+    assert torch.load(cut / "best.resume.pth", weights_only=True)["step"] == 38
+    train.main(finetune_args(setup, cut, "--save_steps", "1"))
+    assert not os.path.exists(cut / "best.resume.pth")  # done: only the model is left
+    a, b = torch.load(ref / "best.pth", weights_only=True), torch.load(cut / "best.pth", weights_only=True)
+    assert a["epoch"] == b["epoch"] and a["valid_acc"] == b["valid_acc"]
+    assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+
+
+def test_bad_lines_are_all_named_then_skipped_on_request(setup, tmp_path, capsys):
+    with open(setup["instances"]) as f:
+        lines = f.readlines()
+    lines[1] = '{"tokens": [5, 9, 4\n'                 # cut short
+    lines[20] = lines[20].replace('"is_next"', '"x"')   # a field missing
+    lines[47] = "\x00\x00garbage\n"                     # the last line
+    bad = tmp_path / "bad.json"
+    bad.write_text("".join(lines))
+    save = tmp_path / "b.pth"
+    argv = args_for(setup, save, "--input", str(bad), "--epoch", "1")
+    with pytest.raises(UserError, match=rf"{bad}:2: malformed JSON .*\(and 2 more bad lines, listed above\); or pass --skip_bad_lines"):
+        pretrain.main(argv)
+    err = capsys.readouterr().err
+    assert all(f"bad line: {bad}:{n}:" in err for n in (2, 21, 48))
+    assert not os.path.exists(save)  # stopped before training
+    pretrain.main(argv + ["--skip_bad_lines"])
+    out, err = capsys.readouterr()
+    assert "skipping 3 bad lines" in err and "45 instances" in out
+    assert torch.load(save, weights_only=True)["step"] == 23  # 45 instances in batches of 2
+    os.remove(save)
+    with pytest.raises(UserError, match=r"bad\.json:2: malformed JSON"):  # the cache remembers them
+        pretrain.main(argv)
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {EVIL_MARK}",))
+
+
+EVIL_MARK = "/tmp/bert_evil_pickle_ran"
+
+
+def test_foreign_truncated_malicious_and_mismatched_checkpoints(setup, reference, tmp_path):
+    foreign = tmp_path / "foreign.pth"
+    foreign.write_text("not a checkpoint\n")
+    with pytest.raises(UserError, match=r"foreign\.pth is not a readable checkpoint"):
+        pretrain.main(args_for(setup, foreign))
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(reference.read_bytes()[:5000])
+    with pytest.raises(UserError, match=r"cut\.pth is not a readable checkpoint"):
+        pretrain.main(args_for(setup, cut))
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": Evil(), "config": {}}, evil)
+    if os.path.exists(EVIL_MARK):
+        os.remove(EVIL_MARK)
+    with pytest.raises(UserError, match=r"evil\.pth is not a readable checkpoint \(UnpicklingError\)"):
+        pretrain.main(args_for(setup, evil))
+    assert not os.path.exists(EVIL_MARK)
+    # stopped mid-epoch with another effective batch: the data order would differ
+    mid = tmp_path / "mid.pth"
+    pretrain.main(args_for(setup, mid, "--max_steps", "5"))
+    with pytest.raises(UserError, match=r"global_batch=2 but this run has global_batch=4"):
+        pretrain.main(args_for(setup, mid, "--grad_accum", "2"))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**MICRO, "num_attention_heads": 4}))
+    with pytest.raises(UserError, match=r"num_attention_heads=2 but the config in .*other\.json has num_attention_heads=4"):
+        pretrain.main(args_for(setup, mid, "--config", str(other)))
