@@ -43,9 +43,15 @@ def length_batches(lengths, batch, rng, pool=50):
     return [batches[k] for k in rng.permutation(len(batches))]
 
 
-def collate_reviews(ids, labels=None):
-    """A batch padded to its longest review (pad id 0); labels 0 when not given."""
-    input_ids = torch.zeros(len(ids), max(len(x) for x in ids), dtype=torch.long)
+def collate_reviews(ids, labels=None, n_seq=None):
+    """A batch padded to its longest review (pad id 0), rounded up to a multiple of 16 within n_seq; labels 0 when not given.
+
+    The rounding keeps the number of distinct batch shapes small: the CPU's bf16 kernels are built and
+    cached per shape, and a shape per length grew a fine-tuning run's memory from 0.75 to 2+ GB."""
+    T = max(len(x) for x in ids)
+    if n_seq:
+        T = min(-(-T // 16) * 16, max(T, n_seq))
+    input_ids = torch.zeros(len(ids), T, dtype=torch.long)
     for i, x in enumerate(ids):
         input_ids[i, : len(x)] = torch.from_numpy(x)
     labels = torch.tensor(labels if labels is not None else [0] * len(ids), dtype=torch.long)

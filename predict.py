@@ -39,7 +39,7 @@ def predict(model, sp, reviews, n_seq, batch=256):
     out = []
     ids = encode_reviews(sp, reviews, n_seq)
     for i in range(0, len(ids), batch):
-        b = collate_reviews(ids[i : i + batch])
+        b = collate_reviews(ids[i : i + batch], n_seq=n_seq)
         probs = model(b["input_ids"], attention_mask=b["attention_mask"]).float().softmax(-1)
         p, label = probs.max(-1)
         out += list(zip(label.tolist(), p.tolist()))

@@ -77,14 +77,14 @@ def get_args(argv=None):
 
 
 @torch.no_grad()
-def evaluate(model, ids, labels, batch, device, autocast, rank=0, world=1):
+def evaluate(model, ids, labels, batch, n_seq, device, autocast, rank=0, world=1):
     """-> (mean loss, accuracy). Reviews are sorted by length so each batch pads little; process r takes every world-th batch."""
     model.eval()
     order = np.argsort([len(x) for x in ids], kind="stable")
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, correct
     for i in range(rank * batch, len(order), batch * world):
         idx = order[i : i + batch]
-        b = {k: v.to(device) for k, v in collate_reviews([ids[j] for j in idx], [labels[j] for j in idx]).items()}
+        b = {k: v.to(device) for k, v in collate_reviews([ids[j] for j in idx], [labels[j] for j in idx], n_seq).items()}
         with autocast:
             logits = model(b["input_ids"], attention_mask=b["attention_mask"]).float()
         sums += torch.stack([F.cross_entropy(logits, b["labels"], reduction="sum"), (logits.argmax(-1) == b["labels"]).sum()]).double()
@@ -211,7 +211,7 @@ def main(argv=None):
             bar = tqdm(batches[epoch_step:], desc=f"epoch {epoch + 1}/{args.epoch}", total=len(batches), initial=epoch_step,
                        disable=not master)
             for gb in bar:
-                micro = [collate_reviews([train_ids[i] for i in mb], [train_labels[i] for i in mb])
+                micro = [collate_reviews([train_ids[i] for i in mb], [train_labels[i] for i in mb], args.n_seq)
                          for mb in split_step(gb, rank, world, args.grad_accum)]
                 # the step's review count over all processes normalizes the loss; the stop flag rides along
                 counts = torch.tensor([sum(len(b["labels"]) for b in micro), stop.signum], dtype=torch.float64, device=device)
@@ -246,9 +246,9 @@ def main(argv=None):
                                         f"{kept}; lower --lr or check the data")
                 if args.save_steps and step % args.save_steps == 0 and epoch_step < len(batches):
                     save_state()
-            valid_loss, valid_acc = (evaluate(raw_model, valid_ids, valid_labels, args.batch * 2, device, autocast, rank, world)
+            valid_loss, valid_acc = (evaluate(raw_model, valid_ids, valid_labels, args.batch * 2, args.n_seq, device, autocast, rank, world)
                                      if valid_ids else (float("nan"), float("nan")))
-            test_loss, test_acc = evaluate(raw_model, test_ids, test_labels, args.batch * 2, device, autocast, rank, world)
+            test_loss, test_acc = evaluate(raw_model, test_ids, test_labels, args.batch * 2, args.n_seq, device, autocast, rank, world)
             loss_total, n = all_sum(epoch_sums.clone(), world).tolist()
             epoch, epoch_step = epoch + 1, 0
             epoch_sums.zero_()
