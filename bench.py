@@ -4,7 +4,8 @@
     python bench.py --task finetune          # fine-tuning step on NSMC reviews (length-bucketed batches of 128)
     python bench.py --task data              # data.py throughput on the bundled sample
     python bench.py --task memory            # peak RSS of pretrain.py on 1x and 10x the instances
-    python bench.py --task all               # all four; the pretraining line comes last
+    python bench.py --task curve             # loss curves of the fast and the plain path, same batches and init
+    python bench.py --task all               # all but curve; the pretraining line comes last
     python bench.py --gpu 0                  # the same on a GPU
     python bench.py --plain                  # our plain path (nn.Dropout, SDPA dropout, separate q/k/v)
 
@@ -41,7 +42,7 @@ SAMPLE = os.path.join(ROOT, "data", "sample")
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="pretrain", choices=["pretrain", "finetune", "data", "memory", "all"])
+    p.add_argument("--task", default="pretrain", choices=["pretrain", "finetune", "data", "memory", "curve", "all"])
     p.add_argument("--config", default="config_half.json")
     p.add_argument("--seq", type=int, default=128, help="pretraining sequence length (instances made with data.py --n_seq SEQ)")
     p.add_argument("--batch", type=int, default=32, help="pretraining batch")
@@ -49,10 +50,12 @@ def get_args(argv=None):
     p.add_argument("--steps", type=int, default=20, help="timed steps of each model")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps of each model first")
     p.add_argument("--gpu", type=int, default=None, help="CUDA device index; CPU when left out")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core); 1 times steps in thread CPU time")
     p.add_argument("--fp32", action="store_true", help="both models in fp32")
     p.add_argument("--plain", action="store_true", help="our plain path, without the training speed paths of model.py")
     p.add_argument("--compile", action="store_true", help="torch.compile our model (the first steps' compile time is reported)")
     p.add_argument("--no_hf", action="store_true", help="time ours only (no transformers needed)")
+    p.add_argument("--curve_steps", type=int, default=200, help="steps of each path for --task curve")
     p.add_argument("--reviews", default=os.path.join(SAMPLE, "ratings_train.txt"), help="NSMC file for --task finetune")
     p.add_argument("--work", default="runs/bench", help="vocabulary and instances made from the sample are kept here")
     p.add_argument("--seed", type=int, default=0)
@@ -97,12 +100,14 @@ def make_hf(kind, config, device, state):
 
 def race(models, batches, n_tokens, args, device, autocast):
     """Alternate full training steps of each model on the same batches; -> {name: [tokens/s per timed step]}."""
+    # with one thread on the CPU, that thread's CPU time: other jobs on the machine barely change it
+    clock = time.thread_time if device.type == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
     rates = {name: [] for name in models}
     first = {}
     for i, batch in enumerate(batches):
         for name, (m, opt, loss_fn) in models.items():
             sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             with autocast:
                 loss = loss_fn(m, batch)
             loss.backward()
@@ -110,7 +115,7 @@ def race(models, batches, n_tokens, args, device, autocast):
             opt.step()
             opt.zero_grad(set_to_none=True)
             sync(device)  # the one host sync per step: timing needs it, training does not
-            dt = time.perf_counter() - t0
+            dt = clock() - t0
             first.setdefault(name, dt)
             if i >= args.warmup:
                 rates[name].append(n_tokens(batch) / dt)
@@ -122,6 +127,9 @@ def report(rates, first, what, unit="tok/s"):
     for name, r in rates.items():
         q = np.percentile(r, [25, 75])
         print(f"{what} {name:>12}: median {med[name]:,.0f} {unit} (IQR {q[0]:,.0f}-{q[1]:,.0f}; first step {first[name]:.1f} s)")
+    if len(rates) == 2:  # neighbouring steps see about the same load from other jobs: a steadier ratio on a shared machine
+        pairs = [a / b for a, b in zip(*rates.values())]
+        print(f"{what}: median of the per-step ratios ours/transformers {statistics.median(pairs):.2f}x")
     return med
 
 
@@ -129,7 +137,7 @@ def setup(args, device):
     if args.plain:
         ours_model.FAST = False
     if device.type == "cpu":
-        torch.set_num_threads(os.cpu_count())
+        torch.set_num_threads(args.threads or os.cpu_count())
     torch.manual_seed(args.seed)
 
 
@@ -245,6 +253,48 @@ def bench_memory(args):
     print(f"memory: 10x the instances -> {b / a:.2f}x the peak RSS")
 
 
+def bench_curve(args, device):
+    """Pretrain from the same init on the same batches with the fast and the plain path; MLM and NSP loss every 25 steps."""
+    autocast, _, precision = mixed_precision(device, args.fp32)
+    vocab, inst = prepare(args)
+    config = BertConfig.from_json_file(args.config, vocab_size=load_vocab(vocab).get_piece_size())
+    store = PretrainStore(inst)
+    order = np.random.default_rng(args.seed).permutation(len(store))
+    every = 25
+    curves = {}
+    for path in ("fast", "plain"):
+        ours_model.FAST = path == "fast"
+        torch.manual_seed(args.seed)
+        m = BertForPreTraining(config).to(device).train()
+        opt = configure_optimizer(m, 5e-4, device_type=device.type)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
+        sums, rows, t0 = torch.zeros(2), [], time.perf_counter()
+        for step in range(args.curve_steps):
+            idx = order[(step * args.batch) % len(order):][: args.batch]
+            b = {k: v.to(device) for k, v in collate_pretrain([store[int(i)] for i in idx]).items()}
+            with autocast:
+                mlm, nsp = m(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["mask_pos"])
+            mlm_loss = F.cross_entropy(mlm.float().flatten(0, 1), b["mask_label"].flatten(), ignore_index=-100)
+            nsp_loss = F.cross_entropy(nsp.float(), 1 - b["is_next"])
+            (mlm_loss + nsp_loss).backward()
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            sums += torch.stack([mlm_loss.detach(), nsp_loss.detach()]).cpu()
+            if (step + 1) % every == 0:
+                rows.append((sums / every).tolist())
+                sums.zero_()
+        curves[path] = rows
+        print(f"curve {path}: {args.curve_steps} steps in {time.perf_counter() - t0:.0f} s")
+    ours_model.FAST = not args.plain
+    print(f"curve: {args.config}, batch {args.batch}, {precision} on {device}, lr 5e-4 (20 warmup steps); mean loss per {every} steps")
+    print("| steps | MLM loss fast | MLM loss plain | NSP loss fast | NSP loss plain |")
+    print("|---|---|---|---|---|")
+    for i, (f, p) in enumerate(zip(curves["fast"], curves["plain"])):
+        print(f"| {i * every + 1}-{(i + 1) * every} | {f[0]:.3f} | {p[0]:.3f} | {f[1]:.3f} | {p[1]:.3f} |")
+
+
 def main(argv=None):
     args = get_args(argv)
     require_file(args.config, "pass --config config_half.json or config.json")
@@ -256,6 +306,8 @@ def main(argv=None):
         bench_memory(args)
     if args.task in ("finetune", "all"):
         bench_finetune(args, device)
+    if args.task == "curve":
+        bench_curve(args, device)
     if args.task in ("pretrain", "all"):
         med = bench_pretrain(args, device)
         if "transformers" in med:
