@@ -260,7 +260,7 @@ def bench_curve(args, device):
     config = BertConfig.from_json_file(args.config, vocab_size=load_vocab(vocab).get_piece_size())
     store = PretrainStore(inst)
     order = np.random.default_rng(args.seed).permutation(len(store))
-    every = 25
+    every = max(1, args.curve_steps // 10)
     curves = {}
     for path in ("fast", "plain"):
         ours_model.FAST = path == "fast"
