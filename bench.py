@@ -297,6 +297,8 @@ def bench_curve(args, device):
 
 def main(argv=None):
     args = get_args(argv)
+    if args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.ft_batch < 1 or args.curve_steps < 1:
+        raise UserError("--steps, --batch, --ft_batch and --curve_steps must be at least 1 and --warmup at least 0")
     require_file(args.config, "pass --config config_half.json or config.json")
     device = get_device(args.gpu)
     setup(args, device)
