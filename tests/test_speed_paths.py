@@ -1,0 +1,133 @@
+"""model.py's training speed paths (model.FAST) against the plain path: same math, real dropout."""
+import math
+
+import pytest
+import torch
+
+import bench
+import model
+from errors import UserError
+from model import BertConfig, BertForPreTraining, dropout
+
+CFG = {"vocab_size": 301, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
+       "max_position_embeddings": 32}
+
+
+def batch(B=3, T=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(7, 301, (B, T), generator=g)
+    mask = (torch.arange(T) < torch.tensor([T, T - 6, 5] * B)[:B, None]).long()
+    types = (torch.arange(T) >= T // 2).long().expand(B, T) * mask
+    return ids * mask, types, mask
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_statistics(p, dtype):
+    torch.manual_seed(0)
+    n = 1 << 20
+    y = dropout(torch.ones(n, dtype=dtype), p).float()
+    assert y.dtype == torch.float32 and dropout(torch.ones(4, dtype=dtype), p).dtype == dtype
+    kept = y != 0
+    share = 1 - kept.float().mean().item()
+    assert abs(share - p) < 5 * math.sqrt(p * (1 - p) / n)  # within 5 sigma of p
+    scale = y[kept].unique()
+    assert len(scale) == 1 and abs(scale.item() - 1 / (1 - p)) < 1e-4 + (1e-2 if dtype == torch.bfloat16 else 0)
+    if dtype == torch.float32:
+        assert abs(y.mean().item() - 1) < 5 * math.sqrt(p / (1 - p) / n)  # the expectation is kept
+    # neighbours are independent (4 elements share one 64-bit random word): P(both dropped) = p^2
+    d = ~kept
+    both = (d[:-1] & d[1:]).float().mean().item()
+    assert abs(both - p * p) < 5 * math.sqrt(p * p / n) + 1e-3
+    # masks differ from call to call
+    assert not torch.equal(dropout(torch.ones(1000), p), dropout(torch.ones(1000), p))
+
+
+def test_dropout_gradient_and_eval():
+    torch.manual_seed(0)
+    x = torch.randn(4, 50, 16, requires_grad=True)
+    y = dropout(x, 0.3)
+    y.backward(torch.ones_like(y))
+    mask = (y != 0).float()
+    torch.testing.assert_close(x.grad, mask * (65536 / (65536 - round(0.3 * 65536))))
+    torch.testing.assert_close(y, x.detach() * x.grad)
+    assert dropout(x, 0.3, training=False) is x and dropout(x, 0.0) is x
+    assert (dropout(x, 1.0) == 0).all()
+    m = model.Dropout(0.3).eval()
+    assert m(x) is x
+
+
+def test_fast_training_path_is_the_plain_math(monkeypatch):
+    """Training mode without dropout randomness: fused QKV + manual attention (with padding) == the plain path, outputs and grads."""
+    torch.manual_seed(0)
+    config = BertConfig(**CFG)  # attention dropout 0.1, so the manual attention path is taken
+    net = BertForPreTraining(config)
+    ids, types, mask = batch()
+    pos = torch.tensor([[1, 4], [2, 3], [1, 2]])
+
+    def run(fast):
+        monkeypatch.setattr(model, "FAST", fast)
+        net.zero_grad()
+        mlm, nsp = net(ids, types, mask, pos)
+        (mlm.square().mean() + nsp.square().mean()).backward()
+        return [mlm, nsp] + [p.grad.clone() for p in net.parameters()]
+
+    net.eval()  # plain path, no dropout: Hugging Face's computation
+    plain = run(False)
+    net.train()
+    monkeypatch.setattr(model, "dropout", lambda x, p, training=True: x)  # dropout off, every fast path on
+    fast = run(True)
+    for a, b in zip(fast, plain):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_fast_path_under_bf16_autocast_is_close(monkeypatch):
+    """The bf16 residual stream keeps the outputs within bf16 rounding of the plain path's."""
+    torch.manual_seed(0)
+    net = BertForPreTraining(BertConfig(**CFG))
+    ids, types, mask = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        net.eval()
+        plain, _ = net(ids, types, mask)
+        net.train()
+        monkeypatch.setattr(model, "dropout", lambda x, p, training=True: x)
+        fast, _ = net(ids, types, mask)
+    assert fast.dtype == torch.bfloat16
+    assert (fast.float() - plain.float()).abs().max() < 0.05 * plain.float().abs().max()
+
+
+def test_fast_and_plain_train_alike():
+    """Twenty steps with dropout on: both paths lower the loss about as much."""
+    ids, types, mask = batch(B=8, T=16)
+    pos = torch.randint(1, 5, (8, 3), generator=torch.Generator().manual_seed(1))
+    labels = ids.gather(1, pos)
+    final = {}
+    for fast in (False, True):
+        model.FAST = fast
+        try:
+            torch.manual_seed(0)
+            net = BertForPreTraining(BertConfig(**CFG)).train()
+            opt = model.configure_optimizer(net, 3e-3)
+            for _ in range(20):
+                mlm, _ = net(ids, types, mask, pos)
+                loss = torch.nn.functional.cross_entropy(mlm.flatten(0, 1), labels.flatten())
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            final[fast] = loss.item()
+        finally:
+            model.FAST = True
+    assert final[True] < 0.5 * math.log(301) and final[False] < 0.5 * math.log(301)
+
+
+def test_bench_runs(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text('{"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, '
+                   '"max_position_embeddings": 64}')
+    bench.main(["--config", str(cfg), "--seq", "64", "--batch", "4", "--steps", "2", "--warmup", "1", "--work", str(tmp_path / "w")])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("speedup vs transformers: ") and "tok/s" in last
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            bench.main(["--gpu", "0", "--config", str(cfg)])
