@@ -14,7 +14,6 @@ exactly there. SIGINT/SIGTERM save and exit. Logs MLM loss/accuracy and NSP accu
 """
 import argparse
 import os
-import signal
 import sys
 import time
 
@@ -195,10 +194,7 @@ def main(argv=None):
                                        sum(len(b["is_next"]) for b in micro_batches), stop.signum], dtype=torch.float64, device=device)
                 n_mask, n_inst, signaled = all_sum(counts, world).tolist()
                 if signaled:
-                    save()
-                    log(f"{signal.Signals(stop.signum or signal.SIGTERM).name}: saved {args.save} at step {step}; "
-                        "run the same command to resume", file=sys.stderr)
-                    sys.exit(128 + (stop.signum or signal.SIGTERM))
+                    stop.save_and_exit(save, args.save, step, log)
                 for k, batch in enumerate(micro_batches):
                     batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}
                     if world > 1:

@@ -16,7 +16,6 @@ exactly where the last one stopped, and deletes it when it is done. SIGINT/SIGTE
 """
 import argparse
 import os
-import signal
 import sys
 import time
 
@@ -217,10 +216,7 @@ def main(argv=None):
                 counts = torch.tensor([sum(len(b["labels"]) for b in micro), stop.signum], dtype=torch.float64, device=device)
                 n_step, signaled = all_sum(counts, world).tolist()
                 if signaled:
-                    save_state()
-                    log(f"{signal.Signals(stop.signum or signal.SIGTERM).name}: saved {resume} at step {step}; "
-                        "run the same command to resume", file=sys.stderr)
-                    sys.exit(128 + (stop.signum or signal.SIGTERM))
+                    stop.save_and_exit(save_state, resume, step, log)
                 for k, b in enumerate(micro):
                     b = {key: v.to(device, non_blocking=True) for key, v in b.items()}
                     if world > 1:

@@ -5,6 +5,7 @@ import csv
 import os
 import random
 import signal
+import sys
 import warnings
 
 import numpy as np
@@ -110,6 +111,13 @@ class StopSignal:
 
     def handle(self, signum, frame):
         self.signum = signum
+
+    def save_and_exit(self, save, path, step, log):
+        """Save, say so in one line and exit with 128 + the signal's number, as a shell does."""
+        save()
+        signum = self.signum or signal.SIGTERM
+        log(f"{signal.Signals(signum).name}: saved {path} at step {step}; run the same command to resume", file=sys.stderr)
+        sys.exit(128 + signum)
 
     def restore(self):
         """Put back the handlers from before (main() may run inside another program, a test say)."""

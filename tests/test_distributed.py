@@ -6,10 +6,10 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import write_instances
 
 import pretrain
 import train
@@ -28,19 +28,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def write_instances(path, n, seed=0):
-    """n random but well-formed pretraining instances (ids below 1007, the sample vocabulary's size)."""
-    rng = np.random.default_rng(seed)
-    with open(path, "w") as f:
-        for _ in range(n):
-            la, lb = rng.integers(3, 12, 2)
-            tokens = [5, *rng.integers(7, 1007, la).tolist(), 4, *rng.integers(7, 1007, lb).tolist(), 4]
-            pos = sorted(rng.choice(np.arange(1, len(tokens) - 1), 3, replace=False).tolist())
-            f.write(json.dumps({"tokens": tokens, "segment": [0] * int(la + 2) + [1] * int(lb + 1), "is_next": int(rng.integers(2)),
-                                "mask_pos": pos, "mask_label": rng.integers(7, 1007, 3).tolist()}) + "\n")
-    return str(path)
 
 
 def torchrun(script, args, n=2, ok=True, **env):

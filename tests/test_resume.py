@@ -9,9 +9,9 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
+from conftest import write_instances
 
 import model as model_py
 import pretrain
@@ -22,19 +22,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "data", "sample")
 MICRO = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
          "max_position_embeddings": 64, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
-
-
-def write_instances(path, n, seed=0):
-    """n random but well-formed pretraining instances (ids below 1007, the sample vocabulary's size)."""
-    rng = np.random.default_rng(seed)
-    with open(path, "w") as f:
-        for _ in range(n):
-            la, lb = rng.integers(3, 12, 2)
-            tokens = [5, *rng.integers(7, 1007, la).tolist(), 4, *rng.integers(7, 1007, lb).tolist(), 4]
-            pos = sorted(rng.choice(np.arange(1, len(tokens) - 1), 3, replace=False).tolist())
-            f.write(json.dumps({"tokens": tokens, "segment": [0] * int(la + 2) + [1] * int(lb + 1), "is_next": int(rng.integers(2)),
-                                "mask_pos": pos, "mask_label": rng.integers(7, 1007, 3).tolist()}) + "\n")
-    return str(path)
 
 
 @pytest.fixture(scope="module", autouse=True)
