@@ -155,3 +155,12 @@ def check_config(state, config, path, config_path=None):
 def encoder_weights(state):
     """The `bert.*` weights of a pretraining or fine-tuning checkpoint (the heads are left out)."""
     return {k: v for k, v in state["model"].items() if k.startswith("bert.")}
+
+
+def restore_training(state, model, optimizer, scheduler, scaler):
+    """Load a training checkpoint's weights and its optimizer, LR scheduler and fp16 grad-scaler states."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])

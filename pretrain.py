@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from checkpoint import check_config, load_checkpoint, save_checkpoint
+from checkpoint import check_config, load_checkpoint, restore_training, save_checkpoint
 from errors import UserError, main_guard, require_file
 from model import BertConfig, BertForPreTraining, configure_optimizer, count_parameters
 from store import PretrainStore, collate_pretrain
@@ -138,11 +138,7 @@ def main(argv=None):
             if epoch_step and state.get(name) != value:
                 raise UserError(f"{args.save} stopped mid-epoch with {name}={state.get(name)} but this run has {name}={value}; "
                                 "resume with the same, or delete it to start afresh")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
+        restore_training(state, model, optimizer, scheduler, scaler)
         log(f"resuming from {args.save}: {epoch} epochs, {step} steps done" + (f" ({epoch_step} into epoch {epoch + 1})" if epoch_step else ""))
         if epoch >= args.epoch or (args.max_steps and step >= args.max_steps):
             log(f"nothing to do: {args.save} already has {epoch} epochs / {step} steps; raise --epoch to train more")

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from checkpoint import check_config, encoder_weights, load_checkpoint, save_checkpoint
+from checkpoint import check_config, encoder_weights, load_checkpoint, restore_training, save_checkpoint
 from errors import UserError, main_guard, require_file
 from model import BertConfig, BertForSequenceClassification, configure_optimizer, count_parameters
 from nsmc import collate_reviews, encode_reviews, length_batches, read_nsmc
@@ -165,11 +165,7 @@ def main(argv=None):
             if state[name] != value:
                 raise UserError(f"{resume} has {name}={state[name]} but this run has {name}={value}; "
                                 "run with the same options, or delete it to start afresh")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
+        restore_training(state, model, optimizer, scheduler, scaler)
         epoch, step, epoch_step, best, rng = state["epoch"], state["step"], state["epoch_step"], state["best"], state["rng"]
         if master:  # the other ranks' sums start at 0: the epoch's total is their sum
             epoch_sums += state["epoch_sums"].to(device)
