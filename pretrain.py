@@ -18,7 +18,6 @@ import sys
 import time
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
@@ -31,6 +30,7 @@ from training import (
     StopSignal,
     all_sum,
     append_csv,
+    finish_distributed,
     gather_rng_states,
     ignore_sigint,
     linear_warmup_decay,
@@ -249,8 +249,7 @@ def main(argv=None):
                         f"to keep the effective batch; {args.save} holds the last checkpoint") from None
     finally:
         stop.restore()
-    if world > 1:
-        dist.destroy_process_group()
+    finish_distributed(world)
 
 
 if __name__ == "__main__":

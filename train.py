@@ -21,7 +21,6 @@ import time
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
@@ -34,6 +33,7 @@ from training import (
     StopSignal,
     all_sum,
     append_csv,
+    finish_distributed,
     gather_rng_states,
     linear_warmup_decay,
     mixed_precision,
@@ -269,8 +269,7 @@ def main(argv=None):
         os.remove(resume)  # done: --save holds the model, and running again starts afresh
     log(f"best epoch {best['epoch']} (valid acc {best['valid_acc']:.4f}): test accuracy {best['test_acc']:.4f}; "
         f"{time.time() - t_start:.0f} s; log {log_csv}")
-    if world > 1:
-        dist.destroy_process_group()
+    finish_distributed(world)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,14 @@ def setup_distributed(gpu):
     return rank, world, device
 
 
+def finish_distributed(world):
+    """Wait for every process, then close the process group. A rank that tears gloo down while another
+    still finishes its epoch can die in gloo's threads (SIGABRT), so nobody leaves before the others."""
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def all_sum(t, world):
     """Sum a tensor over all processes (in place); a no-op for one process."""
     if world > 1:
