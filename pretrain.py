@@ -64,6 +64,8 @@ def get_args(argv=None):
     p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
     p.add_argument("--max_steps", type=int, default=0, help="stop after this many optimizer steps in all (0: no limit)")
     p.add_argument("--save_steps", type=int, default=0, help="also save every this many optimizer steps (0: at epoch ends only)")
+    p.add_argument("--keep_steps", default="", help="comma-separated steps whose weights are also kept, as SAVE_stepN.pth "
+                   "(for fine-tuning after N steps of one run)")
     p.add_argument("--max_bad_steps", type=int, default=5, help="stop after this many NaN/inf losses in a row (each is skipped)")
     p.add_argument("--skip_bad_lines", action="store_true", help="train without the malformed lines of --input instead of stopping")
     p.add_argument("--gpu", type=int, default=None, help="CUDA device index; CPU when left out")
@@ -73,6 +75,12 @@ def get_args(argv=None):
     p.add_argument("--log_every", type=int, default=100, help="steps between log rows")
     p.add_argument("--seed", type=int, default=42)
     return p.parse_args(argv)
+
+
+def kept_path(save, step):
+    """Where --keep_steps puts the weights after `step` steps: save_pretrain.pth -> save_pretrain_step1000.pth."""
+    root, ext = os.path.splitext(save)
+    return f"{root}_step{step}{ext or '.pth'}"
 
 
 def epoch_batches(n, seed, epoch, global_batch, min_size):
@@ -89,6 +97,10 @@ def main(argv=None):
     if args.epoch < 1 or args.batch < 1 or args.grad_accum < 1:
         raise UserError("--epoch, --batch and --grad_accum must be at least 1")
     require_file(args.config, "pass --config config_half.json or config.json")
+    try:
+        keep_steps = {int(s) for s in args.keep_steps.split(",") if s.strip()}
+    except ValueError:
+        raise UserError(f"--keep_steps takes comma-separated step numbers, got {args.keep_steps!r}") from None
     rank, world, device = setup_distributed(args.gpu)
     master = rank == 0  # only rank 0 prints, logs, plots and writes checkpoints
     log = print if master else lambda *a, **k: None
@@ -239,6 +251,9 @@ def main(argv=None):
                     epoch, epoch_step = epoch + 1, 0
                 if last or at_max or (args.save_steps and step % args.save_steps == 0):
                     save()
+                if step in keep_steps and master:
+                    save_checkpoint(kept_path(args.save, step), {"model": raw_model.state_dict(), "config": config.to_dict(),
+                                                                  "vocab_size": config.vocab_size, "step": step})
                 if last and master:
                     plot_csv(log_csv, os.path.join(args.log_dir, "loss.svg"), "step", ["mlm_loss", "nsp_loss"], "loss")
                     print(f"epoch {epoch}: saved {args.save} (step {step}); log {log_csv}")

@@ -67,6 +67,8 @@ def get_args(argv=None):
     p.add_argument("--resume", default=None, help="training state to write and to resume from (default: --save with .resume.pth)")
     p.add_argument("--save_steps", type=int, default=0, help="also save the training state every this many optimizer steps")
     p.add_argument("--max_bad_steps", type=int, default=5, help="stop after this many NaN/inf losses in a row (each is skipped)")
+    p.add_argument("--patience", type=int, default=0, help="early stopping: stop after this many epochs without a better "
+                   "validation accuracy (0: run all --epoch)")
     p.add_argument("--valid", type=float, default=0.05, help="share of --train held out to pick the best epoch")
     p.add_argument("--gpu", type=int, default=None, help="CUDA device index; CPU when left out")
     p.add_argument("--fp32", action="store_true", help="turn off mixed precision")
@@ -114,7 +116,7 @@ def main(argv=None):
         check_config(state, config, args.pretrain, args.config)
         missing, unexpected = model.load_state_dict(encoder_weights(state), strict=False)
         assert not unexpected and all(k.startswith("classifier.") for k in missing), (missing, unexpected)
-        done = f" ({state['epoch']} pretraining epochs, {state['step']} steps)" if "step" in state else ""
+        done = f" ({state['step']} pretraining steps)" if "step" in state else ""
         log(f"fine-tuning from {args.pretrain}{done}")
     else:
         log("no --pretrain given: training from scratch (random weights)")
@@ -202,6 +204,9 @@ def main(argv=None):
     model.train()
     try:
         while epoch < args.epoch:
+            if args.patience and valid_ids and best and epoch - best["epoch"] >= args.patience:
+                log(f"early stop: no better validation accuracy in the {args.patience} epoch(s) after epoch {best['epoch']}")
+                break
             batches = epoch_batches(epoch)
             bar = tqdm(batches[epoch_step:], desc=f"epoch {epoch + 1}/{args.epoch}", total=len(batches), initial=epoch_step,
                        disable=not master)

@@ -208,3 +208,36 @@ def test_nsp_class_0_means_b_follows_a(work, tmp_path):
     ids = torch.tensor([rows[0]["tokens"]])
     _, nsp = model(ids, torch.tensor([rows[0]["segment"]]), torch.ones_like(ids))
     assert nsp.argmax(-1).item() == 0 and nsp.softmax(-1)[0, 0] > 0.6
+
+
+def test_early_stopping_on_validation(work, tmp_path, capsys):
+    """With --lr 0 the validation accuracy never improves on epoch 1, so --patience 1 stops after epoch 2 of 5."""
+    tr = nsmc_slice("ratings_train.txt", tmp_path / "train.txt", 200)
+    te = nsmc_slice("ratings_test.txt", tmp_path / "test.txt", 50)
+    args = ["--config", work["config"], "--vocab", work["vocab"], "--train", tr, "--test", te, "--epoch", "5", "--batch", "32",
+            "--lr", "0", "--save", str(tmp_path / "b.pth")]
+    train.main([*args, "--patience", "1", "--log_dir", str(tmp_path / "p1")])
+    assert "early stop: no better validation accuracy in the 1 epoch(s) after epoch 1" in capsys.readouterr().out
+    with open(tmp_path / "p1" / "log.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
+    train.main([*args, "--patience", "0", "--log_dir", str(tmp_path / "p0")])
+    with open(tmp_path / "p0" / "log.csv") as f:
+        assert len(list(csv.DictReader(f))) == 5
+
+
+def test_keep_steps_keeps_the_weights_of_those_steps(work, tmp_path, capsys):
+    save = str(tmp_path / "p.pth")
+    pretrain.main(["--config", work["config"], "--vocab", work["vocab"], "--input", work["instances"], "--save", save, "--epoch", "1",
+                   "--max_steps", "6", "--keep_steps", "2,4", "--batch", "8", "--lr", "1e-3", "--log_dir", str(tmp_path / "log")])
+    kept = {s: torch.load(tmp_path / f"p_step{s}.pth", weights_only=True) for s in (2, 4)}
+    assert [kept[s]["step"] for s in (2, 4)] == [2, 4] and not os.path.exists(tmp_path / "p_step6.pth")
+    w = "bert.encoder.layer.0.attention.self.query.weight"
+    last = torch.load(save, weights_only=True)
+    assert not torch.equal(kept[2]["model"][w], kept[4]["model"][w]) and not torch.equal(kept[4]["model"][w], last["model"][w])
+    # a kept checkpoint fine-tunes like any other
+    tr = nsmc_slice("ratings_train.txt", tmp_path / "train.txt", 100)
+    train.main(["--config", work["config"], "--vocab", work["vocab"], "--pretrain", str(tmp_path / "p_step4.pth"), "--train", tr,
+                "--test", tr, "--epoch", "1", "--batch", "32", "--save", str(tmp_path / "b.pth"), "--log_dir", str(tmp_path / "ft")])
+    assert f"fine-tuning from {tmp_path / 'p_step4.pth'}" in capsys.readouterr().out
+    code, out = run_cli("pretrain.py", "--keep_steps", "1,x")
+    assert code == 2 and out.strip().splitlines()[-1] == "error: --keep_steps takes comma-separated step numbers, got '1,x'"

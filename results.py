@@ -1,0 +1,268 @@
+"""Reproduce the README results table: vocab -> data -> pretrain for P steps -> fine-tune on NSMC (several
+seeds) -> test accuracy, for every P and recipe row, on the real data or any other.
+
+    python results.py --wiki ../shared/data/kowiki --train ../shared/data/nsmc/ratings_train.txt \\
+        --test ../shared/data/nsmc/ratings_test.txt        # the README table (hours on a 2-core CPU)
+
+The rows:
+    none             no pretraining: fine-tune from random weights
+    wiki P           masked LM + NSP on the Wikipedia text for P steps (one run; the weights at each P are kept)
+    wiki P + nsmc T  then T more steps on the NSMC *training* reviews (task-adaptive pretraining; test text never)
+    nsmc T           the same T steps on the NSMC training reviews alone, from random weights (--tapt_alone)
+
+Every stage is one call of this repository's scripts, printed before it runs, so each row can be rerun by
+hand. A stage whose output is already there is skipped, so a killed run picks up where it stopped (pretrain.py
+and train.py also resume mid-run). For each row the learning rate is chosen on the validation split carved
+out of the training file (the first seed tries every --lr; the others use the best); the test file never
+chooses anything. Writes OUT/results.csv (one line per fine-tuning run), OUT/results.md (the README table:
+mean and standard deviation over seeds), IMG/loss.svg and IMG/accuracy.svg.
+"""
+import argparse
+import csv
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from errors import UserError, main_guard, require_file
+from nsmc import read_nsmc
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--wiki", default="data/kowiki", help="Wikipedia text for vocab.py and data.py")
+    p.add_argument("--train", default="data/ratings_train.txt", help="NSMC training file")
+    p.add_argument("--test", default="data/ratings_test.txt", help="NSMC test file")
+    p.add_argument("--out", default="runs/results", help="where every stage's output goes")
+    p.add_argument("--img", default="img", help="where loss.svg and accuracy.svg go")
+    p.add_argument("--config", default="config_half.json")
+    p.add_argument("--vocab_size", type=int, default=8000)
+    p.add_argument("--n_seq", type=int, default=128, help="pretraining instance length")
+    p.add_argument("--wiki_steps", default="400,800,1200", help="comma-separated pretraining steps on the Wikipedia text")
+    p.add_argument("--tapt_steps", type=int, default=1200, help="steps on the NSMC training reviews after the last wiki step (0: none)")
+    p.add_argument("--tapt_alone", action="store_true", help="also the row of --tapt_steps on NSMC text from random weights")
+    p.add_argument("--tapt_dupe", type=int, default=5, help="data.py --dupe_factor for the NSMC text")
+    p.add_argument("--pretrain_batch", type=int, default=64)
+    p.add_argument("--pretrain_lr", type=float, default=5e-4)
+    p.add_argument("--pretrain_warmup", type=float, default=0.06)
+    p.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
+    p.add_argument("--seeds", default="42,43,44", help="fine-tuning seeds; mean and spread over them")
+    p.add_argument("--lr", default="1e-4,2e-4", help="fine-tuning learning rates to choose from on validation")
+    p.add_argument("--lr_none", default="5e-4,1e-3", help="the same for the row without pretraining")
+    p.add_argument("--epoch", type=int, default=3)
+    p.add_argument("--patience", type=int, default=1, help="train.py --patience (early stopping on validation)")
+    p.add_argument("--batch", default="128", help="fine-tuning batch sizes to choose from on validation")
+    p.add_argument("--sweep_reviews", type=int, default=20000, help="choose LR and batch on the first this many training reviews "
+                   "(their own validation share); 0: on the whole file with the first seed")
+    p.add_argument("--hardware", default=None, help="the hardware column (default: this machine's CPU)")
+    return p.parse_args(argv)
+
+
+def run(cmd, log):
+    """Run one stage, its output to `log`; -> wall seconds. A failure stops everything with the log's last line."""
+    print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    t = time.time()
+    with open(log, "w") as f:
+        p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False)
+    if p.returncode:
+        with open(log, encoding="utf-8", errors="replace") as f:
+            lines = [s for s in f.read().replace("\r", "\n").splitlines() if s.strip()]
+        raise UserError(f"stage failed (exit {p.returncode}), see {log}: {lines[-1] if lines else ''}")
+    return time.time() - t
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{os.cpu_count()}-core {line.split(':', 1)[1].strip()}"
+    except OSError:
+        pass
+    return f"{os.cpu_count()}-core {platform.processor() or 'CPU'}"
+
+
+def read_log(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def nsmc_text(train, path, per_doc=10):
+    """The training reviews as plain text for data.py: one review per line, `per_doc` reviews per document."""
+    reviews = [r.strip() for r in read_nsmc(train)[0] if r.strip()]
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines("\n".join(reviews[i : i + per_doc]) + "\n\n" for i in range(0, len(reviews), per_doc))
+    os.replace(path + ".tmp", path)
+
+
+def finetune(cmd, prefix, row, lr, batch, seed):
+    """One train.py run (skipped when done) -> `row` plus its best-on-validation epoch's figures."""
+    tag = f"{prefix}_lr{lr}_b{batch}_s{seed}"
+    if not os.path.exists(f"{tag}/done"):
+        os.makedirs(tag, exist_ok=True)
+        run([*cmd, "--lr", lr, "--batch", batch, "--seed", str(seed), "--save", f"{tag}.pth", "--log_dir", tag], f"{tag}/train.log")
+        open(f"{tag}/done", "w").close()
+    epochs = read_log(f"{tag}/log.csv")
+    best = max(epochs, key=lambda r: float(r["valid_acc"]))  # the first best, as train.py keeps
+    return {**row, "lr": lr, "batch": int(batch), "seed": seed, "epochs_run": len(epochs), "best_epoch": int(best["epoch"]),
+            "train_loss": float(best["train_loss"]), "valid_acc": float(best["valid_acc"]), "test_acc": float(best["test_acc"]),
+            "finetune_s": round(float(epochs[-1]["elapsed_s"]))}
+
+
+def main(argv=None):
+    args = get_args(argv)
+    for path in (args.wiki, args.train, args.test, args.config):
+        require_file(path, "see README (pipeline on real data) or pass --wiki/--train/--test")
+    py, out = sys.executable, args.out
+    os.makedirs(out, exist_ok=True)
+    os.makedirs(args.img, exist_ok=True)
+    hardware = args.hardware or cpu_name()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    wiki_steps = sorted(int(s) for s in args.wiki_steps.split(",") if s.strip())
+    vocab = f"{out}/kowiki.model"
+    common = ["--config", args.config, "--vocab", vocab]
+
+    # 1. vocabulary and pretraining instances
+    if not os.path.exists(vocab):
+        run([py, "vocab.py", "--input", args.wiki, "--prefix", f"{out}/kowiki", "--vocab_size", str(args.vocab_size)], f"{out}/vocab.log")
+    wiki_data = f"{out}/wiki{args.n_seq}.json"
+    if wiki_steps and not os.path.exists(wiki_data):
+        run([py, "data.py", "--input", args.wiki, "--vocab", vocab, "--output", wiki_data + ".part", "--n_seq", str(args.n_seq)], f"{out}/data_wiki.log")
+        os.replace(wiki_data + ".part", wiki_data)
+    tapt_data = f"{out}/nsmc{args.n_seq}.json"
+    if args.tapt_steps and not os.path.exists(tapt_data):
+        nsmc_text(args.train, f"{out}/nsmc_train_text.txt")
+        run([py, "data.py", "--input", f"{out}/nsmc_train_text.txt", "--vocab", vocab, "--output", tapt_data + ".part",
+             "--n_seq", str(args.n_seq), "--dupe_factor", str(args.tapt_dupe)], f"{out}/data_nsmc.log")
+        os.replace(tapt_data + ".part", tapt_data)
+
+    # 2. pretraining runs: name -> (instances, steps, starting weights, weights kept at these steps)
+    pretrain_runs = {}
+    if wiki_steps:
+        pretrain_runs["wiki"] = (wiki_data, wiki_steps[-1], None, wiki_steps[:-1])
+    if args.tapt_steps and wiki_steps:
+        pretrain_runs["wiki+nsmc"] = (tapt_data, args.tapt_steps, f"{out}/wiki.pth", [])
+    if args.tapt_steps and (args.tapt_alone or not wiki_steps):
+        pretrain_runs["nsmc"] = (tapt_data, args.tapt_steps, None, [])
+    # rows: name -> (pretraining description, checkpoint or None, pretraining runs it took)
+    rows = {"none": ("none", None, [])}
+    for p in wiki_steps:
+        rows[f"wiki {p}"] = (f"wiki {p} steps", f"{out}/wiki.pth" if p == wiki_steps[-1] else f"{out}/wiki_step{p}.pth", ["wiki"])
+    if "wiki+nsmc" in pretrain_runs:
+        rows[f"wiki {wiki_steps[-1]} + nsmc {args.tapt_steps}"] = (f"wiki {wiki_steps[-1]} + NSMC train text {args.tapt_steps} steps",
+                                                                   f"{out}/wiki+nsmc.pth", ["wiki", "wiki+nsmc"])
+    if "nsmc" in pretrain_runs:
+        rows[f"nsmc {args.tapt_steps}"] = (f"NSMC train text {args.tapt_steps} steps", f"{out}/nsmc.pth", ["nsmc"])
+    if args.rows:
+        wanted = [r.strip() for r in args.rows.split(",")]
+        unknown = [r for r in wanted if r not in rows]
+        if unknown:
+            raise UserError(f"--rows: unknown row(s) {unknown}; rows are {list(rows)}")
+        rows = {r: rows[r] for r in wanted}
+    needed = {name for _, _, runs in rows.values() for name in runs}
+
+    pretrain_time = {}
+    for name, (data, steps, init, keep) in pretrain_runs.items():
+        if name not in needed:
+            continue
+        save, log_dir = f"{out}/{name}.pth", f"{out}/pretrain_{name}"
+        if not os.path.exists(f"{log_dir}/done"):
+            cmd = [py, "pretrain.py", *common, "--input", data, "--save", save, "--epoch", "1000", "--max_steps", str(steps),
+                   "--batch", str(args.pretrain_batch), "--lr", str(args.pretrain_lr), "--warmup", str(args.pretrain_warmup),
+                   "--log_dir", log_dir, "--seed", "42"]
+            cmd += ["--pretrain", init] if init else []
+            cmd += ["--keep_steps", ",".join(map(str, keep))] if keep else []
+            run(cmd, f"{out}/pretrain_{name}.log")
+            open(f"{log_dir}/done", "w").close()
+        pretrain_time[name] = float(read_log(f"{log_dir}/log.csv")[-1]["elapsed_s"])
+
+    # 3. fine-tuning: for each row LR and batch chosen on validation, then every seed with them
+    sweep_train = args.train
+    if args.sweep_reviews:
+        sweep_train = f"{out}/sweep_train.txt"
+        with open(args.train, encoding="utf-8") as f, open(sweep_train, "w", encoding="utf-8") as g:
+            g.writelines(line for _, line in zip(range(args.sweep_reviews + 1), f))  # the header and the first N reviews
+    results = []
+    for item, (desc, ckpt, runs) in rows.items():
+        grid = [(lr, b) for lr in (args.lr_none if ckpt is None else args.lr).split(",") for b in args.batch.split(",")]
+        prefix = f"{out}/ft/{item.replace(' ', '_')}"
+        row = {"item": item, "pretraining": desc, "pretrain_s": round(sum(pretrain_time[r] for r in runs)), "hardware": hardware}
+        cmd = [py, "train.py", *common, "--test", args.test, "--epoch", str(args.epoch), "--patience", str(args.patience)]
+        cmd += ["--pretrain", ckpt] if ckpt else []
+        full = [*cmd, "--train", args.train]
+        if len(grid) > 1 and args.sweep_reviews:
+            tried = [finetune([*cmd, "--train", sweep_train], prefix + "_sweep", row, lr, b, seeds[0]) for lr, b in grid]
+        else:
+            tried = [finetune(full, prefix, row, lr, b, seeds[0]) for lr, b in grid]
+        chosen = max(tried, key=lambda r: r["valid_acc"])
+        for r in tried:
+            print(f"{item}: lr {r['lr']} batch {r['batch']}: valid {r['valid_acc']:.4f}" + (" (chosen)" if r is chosen else ""), flush=True)
+        lr, b = chosen["lr"], str(chosen["batch"])
+        results += [finetune(full, prefix, row, lr, b, s) for s in seeds]
+        for r in results[-len(seeds):]:
+            print(f"{item}: lr {lr} batch {b} seed {r['seed']}: epoch {r['best_epoch']}, test {r['test_acc']:.4f}", flush=True)
+
+    # 4. the CSV, the table and the plots
+    with open(f"{out}/results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(results[0]))
+        w.writeheader()
+        w.writerows(results)
+    lines = ["| ITEM | pretraining | epoch | loss | accuracy | time | hardware |", "|---|---|---|---|---|---|---|"]
+    summary = []
+    for item in rows:
+        rs = [r for r in results if r["item"] == item]
+        acc = np.array([r["test_acc"] for r in rs])
+        summary.append((item, rs[0]["pretrain_s"], acc))
+        epochs = "/".join(str(r["best_epoch"]) for r in rs)
+        loss = np.mean([r["train_loss"] for r in rs])
+        minutes = f"{rs[0]['pretrain_s'] / 60:.0f} min + {np.mean([r['finetune_s'] for r in rs]) / 60:.0f} min"
+        lines.append(f"| {item} | {rs[0]['pretraining']} | {epochs} | {loss:.4f} | **{acc.mean():.4f}** ± {acc.std(ddof=1) if len(acc) > 1 else 0:.4f} "
+                     f"({len(acc)} seeds; lr {rs[0]['lr']}, batch {rs[0]['batch']}) | {minutes} | {rs[0]['hardware']} |")
+    table = "\n".join(lines) + "\n"
+    with open(f"{out}/results.md", "w") as f:
+        f.write(table)
+    print(table)
+    plot(args, pretrain_runs, needed, summary)
+    print(f"wrote {out}/results.csv, {out}/results.md, {args.img}/loss.svg, {args.img}/accuracy.svg")
+
+
+def plot(args, pretrain_runs, needed, summary):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in pretrain_runs:
+        if name in needed:
+            log = read_log(f"{args.out}/pretrain_{name}/log.csv")
+            ax.plot([int(r["step"]) for r in log], [float(r["mlm_loss"]) for r in log], label=f"{name}: MLM loss")
+    ax.set_xlabel("pretraining step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(f"{args.img}/loss.svg")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (item, _, acc) in enumerate(summary):
+        ax.errorbar([i], [acc.mean()], yerr=[acc.std(ddof=1) if len(acc) > 1 else 0], fmt="o", capsize=4)
+        ax.scatter([i] * len(acc), acc, s=8, color="gray")
+    ax.axhline(0.8727, color="red", ls="--", lw=1, label="TF-IDF + logistic regression (0.8727)")
+    ax.axhline(0.8134, color="gray", ls=":", lw=1, label="reference, no pretraining (0.8134)")
+    ax.set_xticks(range(len(summary)), [s[0] for s in summary], rotation=20, fontsize=8)
+    ax.set_ylabel("NSMC test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(f"{args.img}/accuracy.svg")
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main_guard(main)

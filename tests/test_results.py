@@ -1,0 +1,68 @@
+"""results.py end to end on the bundled sample with a micro model: every row, the LR choice on validation,
+the CSV, the table and the plots, and a second run that reuses every stage."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE = os.path.join(ROOT, "data", "sample")
+MICRO = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+         "max_position_embeddings": 64, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+
+
+def head(src, dst, n):
+    with open(os.path.join(SAMPLE, src), encoding="utf-8") as f:
+        lines = f.readlines()[: n + 1]
+    dst.write_text("".join(lines), encoding="utf-8")
+    return str(dst)
+
+
+def test_results_script_builds_the_table(tmp_path):
+    config = tmp_path / "micro.json"
+    config.write_text(json.dumps(MICRO))
+    out, img = tmp_path / "out", tmp_path / "img"
+    cmd = [sys.executable, "results.py", "--wiki", os.path.join(SAMPLE, "kowiki-sample.txt.xz"),
+           "--train", head("ratings_train.txt", tmp_path / "train.txt", 400), "--test", head("ratings_test.txt", tmp_path / "test.txt", 100),
+           "--out", str(out), "--img", str(img), "--config", str(config), "--vocab_size", "3000", "--n_seq", "64",
+           "--wiki_steps", "3,6", "--tapt_steps", "3", "--tapt_alone", "--tapt_dupe", "2", "--pretrain_batch", "8",
+           "--seeds", "1,2", "--lr", "1e-3", "--lr_none", "1e-3,3e-3", "--epoch", "2", "--batch", "32", "--sweep_reviews", "200", "--hardware", "test CPU"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    # vocab, 2 data, 3 pretraining runs, 2 seeds for each of the 5 rows, and the 2 LRs of 'none' on the 200-review sweep file
+    assert p.stdout.count("$ ") == 1 + 2 + 3 + 5 * 2 + 2
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    items = ["none", "wiki 3", "wiki 6", "wiki 6 + nsmc 3", "nsmc 3"]
+    assert [r["item"] for r in rows] == [i for i in items for _ in (1, 2)]
+    assert all(0 <= float(r["test_acc"]) <= 1 and r["hardware"] == "test CPU" for r in rows)
+    # the LR of 'none' is the one with the better validation accuracy on the sweep file
+    valid = {}
+    for lr in ("1e-3", "3e-3"):
+        with open(out / "ft" / f"none_sweep_lr{lr}_b32_s1" / "log.csv") as f:
+            valid[lr] = max(float(r["valid_acc"]) for r in csv.DictReader(f))
+    assert rows[0]["lr"] == rows[1]["lr"] == ("1e-3" if valid["1e-3"] >= valid["3e-3"] else "3e-3")
+    assert "--train " + str(out / "sweep_train.txt") in p.stdout and len((out / "sweep_train.txt").read_text().splitlines()) == 201
+    # the kept step-3 weights and the continued (TAPT) run exist; TAPT started from the final wiki weights
+    assert (out / "wiki_step3.pth").exists() and (out / "wiki+nsmc.pth").exists() and (out / "nsmc.pth").exists()
+    assert "starting from the weights of" in (out / "pretrain_wiki+nsmc.log").read_text()
+    # the TAPT text is the training file's reviews, never the test file's
+    text = (out / "nsmc_train_text.txt").read_text(encoding="utf-8")
+    test_reviews = [line.split("\t")[1] for line in (tmp_path / "test.txt").read_text(encoding="utf-8").splitlines()[1:]]
+    train_reviews = [line.split("\t")[1] for line in (tmp_path / "train.txt").read_text(encoding="utf-8").splitlines()[1:]]
+    assert set(text.split("\n")) - {""} == {r.strip() for r in train_reviews if r.strip()}
+    assert not ({r for r in test_reviews if len(r) > 20} - set(train_reviews)) & set(text.split("\n"))
+    table = (out / "results.md").read_text().splitlines()
+    assert table[0] == "| ITEM | pretraining | epoch | loss | accuracy | time | hardware |" and len(table) == 2 + len(items)
+    assert all(os.path.getsize(img / f) > 1000 for f in ("loss.svg", "accuracy.svg"))
+
+    # a second run runs nothing again and writes the same table
+    p2 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400, check=False)
+    assert p2.returncode == 0 and "$ " not in p2.stdout, p2.stdout + p2.stderr
+    assert (out / "results.md").read_text().splitlines() == table
+
+
+def test_results_script_unknown_row_and_missing_input(tmp_path):
+    p = subprocess.run([sys.executable, "results.py", "--wiki", str(tmp_path / "nope")], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'nope'} not found")
