@@ -148,24 +148,25 @@ def main(argv=None):
         pretrain_runs["wiki+nsmc"] = (tapt_data, args.tapt_steps, f"{out}/wiki.pth", [])
     if args.tapt_steps and (args.tapt_alone or not wiki_steps):
         pretrain_runs["nsmc"] = (tapt_data, args.tapt_steps, None, [])
-    # rows: name -> (pretraining description, checkpoint or None, pretraining runs it took)
+    # rows: name -> (pretraining description, checkpoint or None, [(pretraining run, steps of it)])
     rows = {"none": ("none", None, [])}
     for p in wiki_steps:
-        rows[f"wiki {p}"] = (f"wiki {p} steps", f"{out}/wiki.pth" if p == wiki_steps[-1] else f"{out}/wiki_step{p}.pth", ["wiki"])
+        rows[f"wiki {p}"] = (f"wiki {p} steps", f"{out}/wiki.pth" if p == wiki_steps[-1] else f"{out}/wiki_step{p}.pth", [("wiki", p)])
     if "wiki+nsmc" in pretrain_runs:
         rows[f"wiki {wiki_steps[-1]} + nsmc {args.tapt_steps}"] = (f"wiki {wiki_steps[-1]} + NSMC train text {args.tapt_steps} steps",
-                                                                   f"{out}/wiki+nsmc.pth", ["wiki", "wiki+nsmc"])
+                                                                   f"{out}/wiki+nsmc.pth", [("wiki", wiki_steps[-1]), ("wiki+nsmc", args.tapt_steps)])
     if "nsmc" in pretrain_runs:
-        rows[f"nsmc {args.tapt_steps}"] = (f"NSMC train text {args.tapt_steps} steps", f"{out}/nsmc.pth", ["nsmc"])
+        rows[f"nsmc {args.tapt_steps}"] = (f"NSMC train text {args.tapt_steps} steps", f"{out}/nsmc.pth", [("nsmc", args.tapt_steps)])
+    all_rows = list(rows)
     if args.rows:
         wanted = [r.strip() for r in args.rows.split(",")]
         unknown = [r for r in wanted if r not in rows]
         if unknown:
             raise UserError(f"--rows: unknown row(s) {unknown}; rows are {list(rows)}")
         rows = {r: rows[r] for r in wanted}
-    needed = {name for _, _, runs in rows.values() for name in runs}
+    needed = {name for _, _, runs in rows.values() for name, _ in runs}
 
-    pretrain_time = {}
+    elapsed = {}  # pretraining run -> {step: seconds since its start}
     for name, (data, steps, init, keep) in pretrain_runs.items():
         if name not in needed:
             continue
@@ -178,19 +179,21 @@ def main(argv=None):
             cmd += ["--keep_steps", ",".join(map(str, keep))] if keep else []
             run(cmd, f"{out}/pretrain_{name}.log")
             open(f"{log_dir}/done", "w").close()
-        pretrain_time[name] = float(read_log(f"{log_dir}/log.csv")[-1]["elapsed_s"])
+        elapsed[name] = {int(r["step"]): float(r["elapsed_s"]) for r in read_log(f"{log_dir}/log.csv")}
 
     # 3. fine-tuning: for each row LR and batch chosen on validation, then every seed with them
     sweep_train = args.train
     if args.sweep_reviews:
-        sweep_train = f"{out}/sweep_train.txt"
-        with open(args.train, encoding="utf-8") as f, open(sweep_train, "w", encoding="utf-8") as g:
-            g.writelines(line for _, line in zip(range(args.sweep_reviews + 1), f))  # the header and the first N reviews
+        sweep_train = f"{out}/sweep{args.sweep_reviews}_train.txt"
+        if not os.path.exists(sweep_train):
+            with open(args.train, encoding="utf-8") as f, open(sweep_train + ".tmp", "w", encoding="utf-8") as g:
+                g.writelines(line for _, line in zip(range(args.sweep_reviews + 1), f))  # the header and the first N reviews
+            os.replace(sweep_train + ".tmp", sweep_train)
     results = []
     for item, (desc, ckpt, runs) in rows.items():
         grid = [(lr, b) for lr in (args.lr_none if ckpt is None else args.lr).split(",") for b in args.batch.split(",")]
         prefix = f"{out}/ft/{item.replace(' ', '_')}"
-        row = {"item": item, "pretraining": desc, "pretrain_s": round(sum(pretrain_time[r] for r in runs)), "hardware": hardware}
+        row = {"item": item, "pretraining": desc, "pretrain_s": round(sum(elapsed[r][min(s for s in elapsed[r] if s >= p)] for r, p in runs)), "hardware": hardware}
         cmd = [py, "train.py", *common, "--test", args.test, "--epoch", str(args.epoch), "--patience", str(args.patience)]
         cmd += ["--pretrain", ckpt] if ckpt else []
         full = [*cmd, "--train", args.train]
@@ -206,40 +209,48 @@ def main(argv=None):
         for r in results[-len(seeds):]:
             print(f"{item}: lr {lr} batch {b} seed {r['seed']}: epoch {r['best_epoch']}, test {r['test_acc']:.4f}", flush=True)
 
-    # 4. the CSV, the table and the plots
-    with open(f"{out}/results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(results[0]))
+    # 4. the CSV (rows run before with other options are kept), the table and the plots
+    path = f"{out}/results.csv"
+    if os.path.exists(path):
+        results = [r for r in read_log(path) if r["item"] not in rows] + results
+    order = list(all_rows) + sorted({r["item"] for r in results} - set(all_rows))
+    results.sort(key=lambda r: order.index(r["item"]))
+    fields = list(dict.fromkeys(k for r in results for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(results)
     lines = ["| ITEM | pretraining | epoch | loss | accuracy | time | hardware |", "|---|---|---|---|---|---|---|"]
     summary = []
-    for item in rows:
+    for item in dict.fromkeys(r["item"] for r in results):
         rs = [r for r in results if r["item"] == item]
-        acc = np.array([r["test_acc"] for r in rs])
-        summary.append((item, rs[0]["pretrain_s"], acc))
+        acc = np.array([float(r["test_acc"]) for r in rs])
+        summary.append((item, acc))
         epochs = "/".join(str(r["best_epoch"]) for r in rs)
-        loss = np.mean([r["train_loss"] for r in rs])
-        minutes = f"{rs[0]['pretrain_s'] / 60:.0f} min + {np.mean([r['finetune_s'] for r in rs]) / 60:.0f} min"
-        lines.append(f"| {item} | {rs[0]['pretraining']} | {epochs} | {loss:.4f} | **{acc.mean():.4f}** ± {acc.std(ddof=1) if len(acc) > 1 else 0:.4f} "
-                     f"({len(acc)} seeds; lr {rs[0]['lr']}, batch {rs[0]['batch']}) | {minutes} | {rs[0]['hardware']} |")
+        loss = np.mean([float(r["train_loss"]) for r in rs])
+        minutes = f"{float(rs[0]['pretrain_s']) / 60:.0f} min + {np.mean([float(r['finetune_s']) for r in rs]) / 60:.0f} min"
+        spread = f" ± {acc.std(ddof=1):.4f}" if len(acc) > 1 else ""
+        lines.append(f"| {item} | {rs[0]['pretraining']} | {epochs} | {loss:.4f} | **{acc.mean():.4f}**{spread} "
+                     f"({len(acc)} seed{'s' if len(acc) > 1 else ''}; lr {rs[0]['lr']}, batch {rs[0]['batch']}) | {minutes} | {rs[0]['hardware']} |")
     table = "\n".join(lines) + "\n"
     with open(f"{out}/results.md", "w") as f:
         f.write(table)
     print(table)
-    plot(args, pretrain_runs, needed, summary)
-    print(f"wrote {out}/results.csv, {out}/results.md, {args.img}/loss.svg, {args.img}/accuracy.svg")
+    plot(args, summary)
+    print(f"wrote {path}, {out}/results.md, {args.img}/loss.svg, {args.img}/accuracy.svg")
 
 
-def plot(args, pretrain_runs, needed, summary):
+def plot(args, summary):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name in pretrain_runs:
-        if name in needed:
+    for name in ("wiki", "wiki+nsmc", "nsmc"):
+        if os.path.exists(f"{args.out}/pretrain_{name}/done"):
             log = read_log(f"{args.out}/pretrain_{name}/log.csv")
-            ax.plot([int(r["step"]) for r in log], [float(r["mlm_loss"]) for r in log], label=f"{name}: MLM loss")
+            start = int(read_log(f"{args.out}/pretrain_wiki/log.csv")[-1]["step"]) if name == "wiki+nsmc" else 0  # it goes on from wiki
+            ax.plot([start + int(r["step"]) for r in log], [float(r["mlm_loss"]) for r in log], label=f"{name}: MLM loss")
     ax.set_xlabel("pretraining step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
@@ -250,7 +261,7 @@ def plot(args, pretrain_runs, needed, summary):
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for i, (item, _, acc) in enumerate(summary):
+    for i, (item, acc) in enumerate(summary):
         ax.errorbar([i], [acc.mean()], yerr=[acc.std(ddof=1) if len(acc) > 1 else 0], fmt="o", capsize=4)
         ax.scatter([i] * len(acc), acc, s=8, color="gray")
     ax.axhline(0.8727, color="red", ls="--", lw=1, label="TF-IDF + logistic regression (0.8727)")

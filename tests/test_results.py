@@ -43,7 +43,7 @@ def test_results_script_builds_the_table(tmp_path):
         with open(out / "ft" / f"none_sweep_lr{lr}_b32_s1" / "log.csv") as f:
             valid[lr] = max(float(r["valid_acc"]) for r in csv.DictReader(f))
     assert rows[0]["lr"] == rows[1]["lr"] == ("1e-3" if valid["1e-3"] >= valid["3e-3"] else "3e-3")
-    assert "--train " + str(out / "sweep_train.txt") in p.stdout and len((out / "sweep_train.txt").read_text().splitlines()) == 201
+    assert "--train " + str(out / "sweep200_train.txt") in p.stdout and len((out / "sweep200_train.txt").read_text().splitlines()) == 201
     # the kept step-3 weights and the continued (TAPT) run exist; TAPT started from the final wiki weights
     assert (out / "wiki_step3.pth").exists() and (out / "wiki+nsmc.pth").exists() and (out / "nsmc.pth").exists()
     assert "starting from the weights of" in (out / "pretrain_wiki+nsmc.log").read_text()
@@ -61,6 +61,12 @@ def test_results_script_builds_the_table(tmp_path):
     p2 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400, check=False)
     assert p2.returncode == 0 and "$ " not in p2.stdout, p2.stdout + p2.stderr
     assert (out / "results.md").read_text().splitlines() == table
+    # a run of one row with other options replaces that row only
+    p3 = subprocess.run([*cmd, "--rows", "wiki 3", "--seeds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=400, check=False)
+    assert p3.returncode == 0 and "$ " not in p3.stdout, p3.stdout + p3.stderr
+    new = (out / "results.md").read_text().splitlines()
+    assert [line.split(" | ")[0] for line in new] == [line.split(" | ")[0] for line in table]
+    assert "(1 seed;" in new[3] and "(2 seeds;" in table[3] and new[2] == table[2] and new[4:] == table[4:]
 
 
 def test_results_script_unknown_row_and_missing_input(tmp_path):
