@@ -12,10 +12,14 @@ The rows:
 
 Every stage is one call of this repository's scripts, printed before it runs, so each row can be rerun by
 hand. A stage whose output is already there is skipped, so a killed run picks up where it stopped (pretrain.py
-and train.py also resume mid-run). For each row the learning rate is chosen on the validation split carved
-out of the training file (the first seed tries every --lr; the others use the best); the test file never
-chooses anything. Writes OUT/results.csv (one line per fine-tuning run), OUT/results.md (the README table:
-mean and standard deviation over seeds), IMG/loss.svg and IMG/accuracy.svg.
+and train.py also resume mid-run). For each row the learning rate and batch are chosen by a small sweep: every
+--lr x --batch pair trains on the first --sweep_reviews training reviews, and the best accuracy on their
+validation share wins; then every seed trains on the whole training file with it, keeping its best epoch on
+the validation split (early stopping with --patience). The test file never chooses anything.
+
+Writes OUT/results.csv (one line per fine-tuning run), OUT/results.md (the README table: mean and standard
+deviation over seeds), IMG/loss.svg and IMG/accuracy.svg. `--rows` runs some rows only; the table keeps the
+other rows' last results, so rows with different options can share it.
 """
 import argparse
 import csv
@@ -30,6 +34,7 @@ import numpy as np
 
 from errors import UserError, main_guard, require_file
 from nsmc import read_nsmc
+from training import cpu_has_bf16
 
 
 def get_args(argv=None):
@@ -51,13 +56,14 @@ def get_args(argv=None):
     p.add_argument("--pretrain_warmup", type=float, default=0.06)
     p.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
     p.add_argument("--seeds", default="42,43,44", help="fine-tuning seeds; mean and spread over them")
-    p.add_argument("--lr", default="1e-4,2e-4", help="fine-tuning learning rates to choose from on validation")
-    p.add_argument("--lr_none", default="5e-4,1e-3", help="the same for the row without pretraining")
-    p.add_argument("--epoch", type=int, default=3)
+    p.add_argument("--lr", default="1e-4,3e-4", help="fine-tuning learning rates to choose from on validation")
+    p.add_argument("--lr_none", default="3e-4,1e-3", help="the same for the row without pretraining")
+    p.add_argument("--epoch", type=int, default=2)
     p.add_argument("--patience", type=int, default=1, help="train.py --patience (early stopping on validation)")
-    p.add_argument("--batch", default="128", help="fine-tuning batch sizes to choose from on validation")
+    p.add_argument("--batch", default="64,128", help="fine-tuning batch sizes to choose from on validation")
     p.add_argument("--sweep_reviews", type=int, default=20000, help="choose LR and batch on the first this many training reviews "
                    "(their own validation share); 0: on the whole file with the first seed")
+    p.add_argument("--gpu", type=int, default=None, help="CUDA device for pretraining and fine-tuning (CPU when left out)")
     p.add_argument("--hardware", default=None, help="the hardware column (default: this machine's CPU)")
     return p.parse_args(argv)
 
@@ -80,10 +86,18 @@ def cpu_name():
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    return f"{os.cpu_count()}-core {line.split(':', 1)[1].strip()}"
+                    return f"{os.cpu_count()}-core {line.split(':', 1)[1].strip()}" + (", bf16" if cpu_has_bf16() else "")
     except OSError:
         pass
     return f"{os.cpu_count()}-core {platform.processor() or 'CPU'}"
+
+
+def gpu_name(gpu):
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError(f"--gpu {gpu} given but no CUDA GPU is available; leave out --gpu to run on the CPU")
+    return f"{torch.cuda.get_device_name(gpu)} (CUDA)"
 
 
 def read_log(path):
@@ -120,27 +134,14 @@ def main(argv=None):
     py, out = sys.executable, args.out
     os.makedirs(out, exist_ok=True)
     os.makedirs(args.img, exist_ok=True)
-    hardware = args.hardware or cpu_name()
+    hardware = args.hardware or (gpu_name(args.gpu) if args.gpu is not None else cpu_name())
     seeds = [int(s) for s in args.seeds.split(",")]
     wiki_steps = sorted(int(s) for s in args.wiki_steps.split(",") if s.strip())
     vocab = f"{out}/kowiki.model"
-    common = ["--config", args.config, "--vocab", vocab]
+    common = ["--config", args.config, "--vocab", vocab] + (["--gpu", str(args.gpu)] if args.gpu is not None else [])
 
-    # 1. vocabulary and pretraining instances
-    if not os.path.exists(vocab):
-        run([py, "vocab.py", "--input", args.wiki, "--prefix", f"{out}/kowiki", "--vocab_size", str(args.vocab_size)], f"{out}/vocab.log")
-    wiki_data = f"{out}/wiki{args.n_seq}.json"
-    if wiki_steps and not os.path.exists(wiki_data):
-        run([py, "data.py", "--input", args.wiki, "--vocab", vocab, "--output", wiki_data + ".part", "--n_seq", str(args.n_seq)], f"{out}/data_wiki.log")
-        os.replace(wiki_data + ".part", wiki_data)
-    tapt_data = f"{out}/nsmc{args.n_seq}.json"
-    if args.tapt_steps and not os.path.exists(tapt_data):
-        nsmc_text(args.train, f"{out}/nsmc_train_text.txt")
-        run([py, "data.py", "--input", f"{out}/nsmc_train_text.txt", "--vocab", vocab, "--output", tapt_data + ".part",
-             "--n_seq", str(args.n_seq), "--dupe_factor", str(args.tapt_dupe)], f"{out}/data_nsmc.log")
-        os.replace(tapt_data + ".part", tapt_data)
-
-    # 2. pretraining runs: name -> (instances, steps, starting weights, weights kept at these steps)
+    wiki_data, tapt_data = f"{out}/wiki{args.n_seq}.json", f"{out}/nsmc{args.n_seq}.json"
+    # the pretraining runs: name -> (instances, steps, starting weights, weights kept at these steps)
     pretrain_runs = {}
     if wiki_steps:
         pretrain_runs["wiki"] = (wiki_data, wiki_steps[-1], None, wiki_steps[:-1])
@@ -166,6 +167,19 @@ def main(argv=None):
         rows = {r: rows[r] for r in wanted}
     needed = {name for _, _, runs in rows.values() for name, _ in runs}
 
+    # 1. vocabulary and pretraining instances (only what the rows need)
+    if not os.path.exists(vocab):
+        run([py, "vocab.py", "--input", args.wiki, "--prefix", f"{out}/kowiki", "--vocab_size", str(args.vocab_size)], f"{out}/vocab.log")
+    if needed & {"wiki", "wiki+nsmc"} and not os.path.exists(wiki_data):
+        run([py, "data.py", "--input", args.wiki, "--vocab", vocab, "--output", wiki_data + ".part", "--n_seq", str(args.n_seq)], f"{out}/data_wiki.log")
+        os.replace(wiki_data + ".part", wiki_data)
+    if needed & {"wiki+nsmc", "nsmc"} and not os.path.exists(tapt_data):
+        nsmc_text(args.train, f"{out}/nsmc_train_text.txt")
+        run([py, "data.py", "--input", f"{out}/nsmc_train_text.txt", "--vocab", vocab, "--output", tapt_data + ".part",
+             "--n_seq", str(args.n_seq), "--dupe_factor", str(args.tapt_dupe)], f"{out}/data_nsmc.log")
+        os.replace(tapt_data + ".part", tapt_data)
+
+    # 2. pretraining
     elapsed = {}  # pretraining run -> {step: seconds since its start}
     for name, (data, steps, init, keep) in pretrain_runs.items():
         if name not in needed:

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import torch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "data", "sample")
 MICRO = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
@@ -69,6 +71,14 @@ def test_results_script_builds_the_table(tmp_path):
     assert "(1 seed;" in new[3] and "(2 seeds;" in table[3] and new[2] == table[2] and new[4:] == table[4:]
 
 
-def test_results_script_unknown_row_and_missing_input(tmp_path):
+def test_results_script_one_line_errors(tmp_path):
     p = subprocess.run([sys.executable, "results.py", "--wiki", str(tmp_path / "nope")], cwd=ROOT, capture_output=True, text=True, check=False)
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'nope'} not found")
+    sample = ["--wiki", os.path.join(SAMPLE, "kowiki-sample.txt.xz"), "--train", os.path.join(SAMPLE, "ratings_train.txt"),
+              "--test", os.path.join(SAMPLE, "ratings_test.txt"), "--out", str(tmp_path / "out"), "--img", str(tmp_path / "img")]
+    p = subprocess.run([sys.executable, "results.py", *sample, "--rows", "wiki 7"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error: --rows: unknown row(s) ['wiki 7']")
+    if not torch.cuda.is_available():
+        p = subprocess.run([sys.executable, "results.py", *sample, "--gpu", "0"], cwd=ROOT, capture_output=True, text=True, check=False)
+        assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == (
+            "error: --gpu 0 given but no CUDA GPU is available; leave out --gpu to run on the CPU")
