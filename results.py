@@ -34,7 +34,7 @@ import numpy as np
 
 from errors import UserError, main_guard, require_file
 from nsmc import read_nsmc
-from training import cpu_has_bf16
+from training import cpu_has_bf16, get_device
 
 
 def get_args(argv=None):
@@ -95,9 +95,7 @@ def cpu_name():
 def gpu_name(gpu):
     import torch
 
-    if not torch.cuda.is_available():
-        raise UserError(f"--gpu {gpu} given but no CUDA GPU is available; leave out --gpu to run on the CPU")
-    return f"{torch.cuda.get_device_name(gpu)} (CUDA)"
+    return f"{torch.cuda.get_device_name(get_device(gpu))} (CUDA)"  # get_device: a one-line error without that GPU
 
 
 def read_log(path):

@@ -81,4 +81,4 @@ def test_results_script_one_line_errors(tmp_path):
     if not torch.cuda.is_available():
         p = subprocess.run([sys.executable, "results.py", *sample, "--gpu", "0"], cwd=ROOT, capture_output=True, text=True, check=False)
         assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == (
-            "error: --gpu 0 given but no CUDA GPU is available; leave out --gpu to run on the CPU")
+            "error: --gpu 0 given but no CUDA GPU is available; leave out --gpu to train on the CPU")
