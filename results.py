@@ -28,7 +28,6 @@ import platform
 import shlex
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -69,16 +68,14 @@ def get_args(argv=None):
 
 
 def run(cmd, log):
-    """Run one stage, its output to `log`; -> wall seconds. A failure stops everything with the log's last line."""
+    """Run one stage, its output to `log`. A failure stops everything with the log's last line."""
     print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
-    t = time.time()
     with open(log, "w") as f:
         p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False)
     if p.returncode:
         with open(log, encoding="utf-8", errors="replace") as f:
             lines = [s for s in f.read().replace("\r", "\n").splitlines() if s.strip()]
         raise UserError(f"stage failed (exit {p.returncode}), see {log}: {lines[-1] if lines else ''}")
-    return time.time() - t
 
 
 def cpu_name():
