@@ -10,6 +10,9 @@ The rows:
     wiki P + nsmc T  then T more steps on the NSMC *training* reviews (task-adaptive pretraining; test text never)
     nsmc T           the same T steps on the NSMC training reviews alone, from random weights (--tapt_alone)
 
+The vocabulary is learned from the Wikipedia text (--vocab_text wiki), the NSMC training reviews (nsmc) or
+both; everything in --out belongs to that vocabulary, so each choice needs its own --out.
+
 Every stage is one call of this repository's scripts, printed before it runs, so each row can be rerun by
 hand. A stage whose output is already there is skipped, so a killed run picks up where it stopped (pretrain.py
 and train.py also resume mid-run). For each row the learning rate and batch are chosen by a small sweep: every
@@ -45,11 +48,15 @@ def get_args(argv=None):
     p.add_argument("--img", default="img", help="where loss.svg and accuracy.svg go")
     p.add_argument("--config", default="config_half.json")
     p.add_argument("--vocab_size", type=int, default=8000)
+    p.add_argument("--vocab_text", choices=["wiki", "nsmc", "both"], default="wiki", help="what vocab.py learns the pieces "
+                   "from: the Wikipedia text, the NSMC training reviews, or both (one --out per choice)")
     p.add_argument("--n_seq", type=int, default=128, help="pretraining instance length")
     p.add_argument("--wiki_steps", default="400,800,1200", help="comma-separated pretraining steps on the Wikipedia text")
     p.add_argument("--tapt_steps", type=int, default=1200, help="steps on the NSMC training reviews after the last wiki step (0: none)")
     p.add_argument("--tapt_alone", action="store_true", help="also the row of --tapt_steps on NSMC text from random weights")
     p.add_argument("--tapt_dupe", type=int, default=5, help="data.py --dupe_factor for the NSMC text")
+    p.add_argument("--tapt_doc", type=int, default=10, help="NSMC training reviews per data.py document (instances are cut "
+                   "from one document, so small documents leave short, padded instances)")
     p.add_argument("--pretrain_batch", type=int, default=64)
     p.add_argument("--pretrain_lr", type=float, default=5e-4)
     p.add_argument("--pretrain_warmup", type=float, default=0.06)
@@ -132,10 +139,14 @@ def main(argv=None):
     hardware = args.hardware or (gpu_name(args.gpu) if args.gpu is not None else cpu_name())
     seeds = [int(s) for s in args.seeds.split(",")]
     wiki_steps = sorted(int(s) for s in args.wiki_steps.split(",") if s.strip())
-    vocab = f"{out}/kowiki.model"
+    vocabs = {"wiki": "kowiki", "nsmc": "nsmc_vocab", "both": "kowiki+nsmc_vocab"}
+    vocab = f"{out}/{vocabs[args.vocab_text]}.model"
+    other = [v for v in vocabs.values() if v != vocabs[args.vocab_text] and os.path.exists(f"{out}/{v}.model")]
+    if other:  # instances and checkpoints in OUT are tied to the vocab they were made with
+        raise UserError(f"{out} holds {other[0]}.model, made with another --vocab_text; pass another --out")
     common = ["--config", args.config, "--vocab", vocab] + (["--gpu", str(args.gpu)] if args.gpu is not None else [])
 
-    wiki_data, tapt_data = f"{out}/wiki{args.n_seq}.json", f"{out}/nsmc{args.n_seq}.json"
+    wiki_data, tapt_data = f"{out}/wiki{args.n_seq}.json", f"{out}/nsmc{args.n_seq}_doc{args.tapt_doc}_dupe{args.tapt_dupe}.json"
     # the pretraining runs: name -> (instances, steps, starting weights, weights kept at these steps)
     pretrain_runs = {}
     if wiki_steps:
@@ -163,14 +174,17 @@ def main(argv=None):
     needed = {name for _, _, runs in rows.values() for name, _ in runs}
 
     # 1. vocabulary and pretraining instances (only what the rows need)
+    nsmc_txt = f"{out}/nsmc_train_doc{args.tapt_doc}.txt"
+    if not os.path.exists(nsmc_txt):
+        nsmc_text(args.train, nsmc_txt, args.tapt_doc)
     if not os.path.exists(vocab):
-        run([py, "vocab.py", "--input", args.wiki, "--prefix", f"{out}/kowiki", "--vocab_size", str(args.vocab_size)], f"{out}/vocab.log")
+        text = {"wiki": [args.wiki], "nsmc": [nsmc_txt], "both": [args.wiki, nsmc_txt]}[args.vocab_text]
+        run([py, "vocab.py", "--input", *text, "--prefix", vocab[: -len(".model")], "--vocab_size", str(args.vocab_size)], f"{out}/vocab.log")
     if needed & {"wiki", "wiki+nsmc"} and not os.path.exists(wiki_data):
         run([py, "data.py", "--input", args.wiki, "--vocab", vocab, "--output", wiki_data + ".part", "--n_seq", str(args.n_seq)], f"{out}/data_wiki.log")
         os.replace(wiki_data + ".part", wiki_data)
     if needed & {"wiki+nsmc", "nsmc"} and not os.path.exists(tapt_data):
-        nsmc_text(args.train, f"{out}/nsmc_train_text.txt")
-        run([py, "data.py", "--input", f"{out}/nsmc_train_text.txt", "--vocab", vocab, "--output", tapt_data + ".part",
+        run([py, "data.py", "--input", nsmc_txt, "--vocab", vocab, "--output", tapt_data + ".part",
              "--n_seq", str(args.n_seq), "--dupe_factor", str(args.tapt_dupe)], f"{out}/data_nsmc.log")
         os.replace(tapt_data + ".part", tapt_data)
 

@@ -2,6 +2,7 @@
 
     python vocab.py --input data/kowiki --prefix kowiki --vocab_size 8000
     python vocab.py --input data/sample/kowiki-sample.txt.xz --prefix /tmp/sample --vocab_size 1000
+    python vocab.py --input data/kowiki reviews.txt --prefix both    # several corpora, read one after another
 
 writes kowiki.model and kowiki.vocab. --vocab_size counts ordinary pieces only: the 7 special
 pieces come on top, so --vocab_size 8000 gives 8007 ids in all (as the reference project did).
@@ -40,17 +41,19 @@ def load_vocab(path):
     return sp
 
 
-def iter_sentences(path):
+def iter_sentences(paths):
     # Sentences, not raw lines, go to SentencePiece so WikiExtractor markup never reaches it
     # and no "sentence" exceeds its max_sentence_length (long lines would be dropped).
-    documents = iter_documents(path)  # raises UserError now, not mid-training, if path is missing
-    return (s for doc in documents for paragraph in doc for s in split_sentences(paragraph))
+    paths = [paths] if isinstance(paths, str) else paths
+    corpora = [iter_documents(p) for p in paths]  # raises UserError now, not mid-training, if a path is missing
+    return (s for documents in corpora for doc in documents for paragraph in doc for s in split_sentences(paragraph))
 
 
-def train_vocab(input_path, prefix, vocab_size=8000, model_type="bpe", input_sentence_size=2_000_000,
+def train_vocab(input_paths, prefix, vocab_size=8000, model_type="bpe", input_sentence_size=2_000_000,
                 character_coverage=0.9995, seed=42, num_threads=None, progress=False):
-    """Train `prefix`.model / `prefix`.vocab with vocab_size ordinary pieces + N_SPECIAL; return the .model path."""
-    sentences = iter_sentences(input_path)
+    """Train `prefix`.model / `prefix`.vocab with vocab_size ordinary pieces + N_SPECIAL from one corpus path or a
+    list of them; return the .model path."""
+    sentences = iter_sentences(input_paths)
     if progress:
         sentences = tqdm(sentences, desc="reading", unit=" sent", unit_scale=True)
     spm.set_random_generator_seed(seed)
@@ -75,13 +78,14 @@ def train_vocab(input_path, prefix, vocab_size=8000, model_type="bpe", input_sen
         )
     except RuntimeError as e:
         # e.g. "Vocabulary size too high" on a small corpus, or no sentences at all.
-        raise UserError(f"sentencepiece training on {input_path} failed: {e}") from None
+        names = input_paths if isinstance(input_paths, str) else " ".join(input_paths)
+        raise UserError(f"sentencepiece training on {names} failed: {e}") from None
     return prefix + ".model"
 
 
 def main():
     parser = argparse.ArgumentParser(description="Train the SentencePiece vocabulary.")
-    parser.add_argument("--input", default="data/kowiki", help="corpus file or directory (see corpus.py)")
+    parser.add_argument("--input", nargs="+", default=["data/kowiki"], help="corpus files or directories (see corpus.py)")
     parser.add_argument("--prefix", default="kowiki", help="writes PREFIX.model and PREFIX.vocab")
     parser.add_argument("--vocab_size", type=int, default=8000, help="ordinary pieces; 7 special pieces come on top")
     parser.add_argument("--model_type", choices=["bpe", "unigram"], default="bpe")

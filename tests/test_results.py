@@ -50,7 +50,7 @@ def test_results_script_builds_the_table(tmp_path):
     assert (out / "wiki_step3.pth").exists() and (out / "wiki+nsmc.pth").exists() and (out / "nsmc.pth").exists()
     assert "starting from the weights of" in (out / "pretrain_wiki+nsmc.log").read_text()
     # the TAPT text is the training file's reviews, never the test file's
-    text = (out / "nsmc_train_text.txt").read_text(encoding="utf-8")
+    text = (out / "nsmc_train_doc10.txt").read_text(encoding="utf-8")
     test_reviews = [line.split("\t")[1] for line in (tmp_path / "test.txt").read_text(encoding="utf-8").splitlines()[1:]]
     train_reviews = [line.split("\t")[1] for line in (tmp_path / "train.txt").read_text(encoding="utf-8").splitlines()[1:]]
     assert set(text.split("\n")) - {""} == {r.strip() for r in train_reviews if r.strip()}
@@ -82,3 +82,25 @@ def test_results_script_one_line_errors(tmp_path):
         p = subprocess.run([sys.executable, "results.py", *sample, "--gpu", "0"], cwd=ROOT, capture_output=True, text=True, check=False)
         assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == (
             "error: --gpu 0 given but no CUDA GPU is available; leave out --gpu to train on the CPU")
+
+
+def test_results_vocab_from_the_training_reviews(tmp_path):
+    config = tmp_path / "micro.json"
+    config.write_text(json.dumps(MICRO))
+    out = tmp_path / "out"
+    train = head("ratings_train.txt", tmp_path / "train.txt", 400)
+    cmd = [sys.executable, "results.py", "--wiki", os.path.join(SAMPLE, "kowiki-sample.txt.xz"), "--train", train,
+           "--test", head("ratings_test.txt", tmp_path / "test.txt", 50), "--out", str(out), "--img", str(tmp_path / "img"),
+           "--config", str(config), "--vocab_size", "1200", "--vocab_text", "nsmc", "--wiki_steps", "", "--tapt_steps", "2",
+           "--tapt_doc", "50", "--rows", "none", "--seeds", "1", "--lr_none", "1e-3", "--batch", "32", "--epoch", "1"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    text = out / "nsmc_train_doc50.txt"
+    assert f"vocab.py --input {text} --prefix {out / 'nsmc_vocab'} " in p.stdout
+    assert f"--vocab {out / 'nsmc_vocab.model'} " in p.stdout and "data.py" not in p.stdout and "pretrain.py" not in p.stdout
+    docs = text.read_text(encoding="utf-8").split("\n\n")
+    assert [len(d.split("\n")) for d in docs[:-1]] == [50] * 8 and docs[-1] == ""  # 400 reviews, none empty
+    # the instances and checkpoints in OUT belong to its vocab: another --vocab_text needs another --out
+    p = subprocess.run([*cmd[:cmd.index("--vocab_text")], "--rows", "none"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == (
+        f"error: {out} holds nsmc_vocab.model, made with another --vocab_text; pass another --out")

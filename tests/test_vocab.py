@@ -52,6 +52,24 @@ def test_cli_end_to_end(tmp_path):
     check_specials(vocab.load_vocab(prefix + ".model"), 1200)
 
 
+def test_cli_several_inputs(tmp_path):
+    # a made-up word that only the second corpus has becomes a piece: both corpora were read
+    extra = tmp_path / "reviews.txt"
+    extra.write_text("뷁꿹쀍 최고\n" * 3000, encoding="utf-8")
+    prefix = str(tmp_path / "both")
+    result = subprocess.run([sys.executable, "vocab.py", "--input", SAMPLE_CORPUS, str(extra), "--prefix", prefix,
+                             "--vocab_size", "1200", "--character_coverage", "0.99"],
+                            check=False, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    sp = vocab.load_vocab(prefix + ".model")
+    check_specials(sp, 1200)
+    assert sp.encode("뷁꿹쀍", out_type=str) == ["▁뷁꿹쀍"]
+    assert sp.encode("지미 카터", out_type=str)[0] != "[UNK]"  # and the first one too
+    result = subprocess.run([sys.executable, "vocab.py", "--input", SAMPLE_CORPUS, "no/such.txt", "--prefix", prefix],
+                            check=False, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: no/such.txt not found")
+
+
 @pytest.mark.parametrize("args,message", [
     (["--input", "no/such/dir"], "no/such/dir not found"),
     (["--input", SAMPLE_CORPUS, "--vocab_size", "0"], "--vocab_size must be positive"),
