@@ -108,11 +108,15 @@ def read_log(path):
 
 
 def nsmc_text(train, path, per_doc=10):
-    """The training reviews as plain text for data.py: one review per line, `per_doc` reviews per document."""
+    """The training reviews as plain text for vocab.py and data.py, written once: one review per line, `per_doc`
+    reviews per document. -> path"""
+    if os.path.exists(path):
+        return path
     reviews = [r.strip() for r in read_nsmc(train)[0] if r.strip()]
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         f.writelines("\n".join(reviews[i : i + per_doc]) + "\n\n" for i in range(0, len(reviews), per_doc))
     os.replace(path + ".tmp", path)
+    return path
 
 
 def finetune(cmd, prefix, row, lr, batch, seed):
@@ -140,7 +144,8 @@ def main(argv=None):
     seeds = [int(s) for s in args.seeds.split(",")]
     wiki_steps = sorted(int(s) for s in args.wiki_steps.split(",") if s.strip())
     vocabs = {"wiki": "kowiki", "nsmc": "nsmc_vocab", "both": "kowiki+nsmc_vocab"}
-    vocab = f"{out}/{vocabs[args.vocab_text]}.model"
+    prefix = f"{out}/{vocabs[args.vocab_text]}"
+    vocab = prefix + ".model"
     other = [v for v in vocabs.values() if v != vocabs[args.vocab_text] and os.path.exists(f"{out}/{v}.model")]
     if other:  # instances and checkpoints in OUT are tied to the vocab they were made with
         raise UserError(f"{out} holds {other[0]}.model, made with another --vocab_text; pass another --out")
@@ -174,17 +179,16 @@ def main(argv=None):
     needed = {name for _, _, runs in rows.values() for name, _ in runs}
 
     # 1. vocabulary and pretraining instances (only what the rows need)
-    nsmc_txt = f"{out}/nsmc_train_doc{args.tapt_doc}.txt"
-    if not os.path.exists(nsmc_txt):
-        nsmc_text(args.train, nsmc_txt, args.tapt_doc)
+    nsmc_txt = f"{out}/nsmc_train_doc{args.tapt_doc}.txt"  # written when the vocab or the TAPT instances need it
     if not os.path.exists(vocab):
-        text = {"wiki": [args.wiki], "nsmc": [nsmc_txt], "both": [args.wiki, nsmc_txt]}[args.vocab_text]
-        run([py, "vocab.py", "--input", *text, "--prefix", vocab[: -len(".model")], "--vocab_size", str(args.vocab_size)], f"{out}/vocab.log")
+        text = [args.wiki] if args.vocab_text != "nsmc" else []
+        text += [nsmc_text(args.train, nsmc_txt, args.tapt_doc)] if args.vocab_text != "wiki" else []
+        run([py, "vocab.py", "--input", *text, "--prefix", prefix, "--vocab_size", str(args.vocab_size)], f"{out}/vocab.log")
     if needed & {"wiki", "wiki+nsmc"} and not os.path.exists(wiki_data):
         run([py, "data.py", "--input", args.wiki, "--vocab", vocab, "--output", wiki_data + ".part", "--n_seq", str(args.n_seq)], f"{out}/data_wiki.log")
         os.replace(wiki_data + ".part", wiki_data)
     if needed & {"wiki+nsmc", "nsmc"} and not os.path.exists(tapt_data):
-        run([py, "data.py", "--input", nsmc_txt, "--vocab", vocab, "--output", tapt_data + ".part",
+        run([py, "data.py", "--input", nsmc_text(args.train, nsmc_txt, args.tapt_doc), "--vocab", vocab, "--output", tapt_data + ".part",
              "--n_seq", str(args.n_seq), "--dupe_factor", str(args.tapt_dupe)], f"{out}/data_nsmc.log")
         os.replace(tapt_data + ".part", tapt_data)
 
