@@ -23,9 +23,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from checkpoint import check_config, load_checkpoint, restore_training, save_checkpoint
+from data import word_starts
 from errors import UserError, main_guard, require_file
 from model import BertConfig, BertForPreTraining, configure_optimizer, count_parameters
-from store import PretrainStore, collate_pretrain
+from store import DynamicMasking, PretrainStore, collate_pretrain
 from training import (
     StopSignal,
     all_sum,
@@ -66,6 +67,14 @@ def get_args(argv=None):
     p.add_argument("--save_steps", type=int, default=0, help="also save every this many optimizer steps (0: at epoch ends only)")
     p.add_argument("--keep_steps", default="", help="comma-separated steps whose weights are also kept, as SAVE_stepN.pth "
                    "(for fine-tuning after N steps of one run)")
+    p.add_argument("--dynamic_mask", action="store_true", help="draw new masks for every instance in every epoch (RoBERTa) "
+                   "instead of using data.py's; data.py --dupe_factor 1 is then enough")
+    p.add_argument("--mask_prob", type=float, default=0.15, help="with --dynamic_mask: share of the tokens masked (at most "
+                   "round(longest instance x mask_prob) per instance, as data.py's default --max_pred)")
+    p.add_argument("--eval_input", default=None, help="held-out instances from data.py (other text than --input): masked-LM "
+                   "loss/accuracy and NSP accuracy on them go to <log_dir>/eval.csv")
+    p.add_argument("--eval_steps", type=int, default=0, help="evaluate every this many optimizer steps (0: at epoch ends "
+                   "and the last step only)")
     p.add_argument("--max_bad_steps", type=int, default=5, help="stop after this many NaN/inf losses in a row (each is skipped)")
     p.add_argument("--skip_bad_lines", action="store_true", help="train without the malformed lines of --input instead of stopping")
     p.add_argument("--gpu", type=int, default=None, help="CUDA device index; CPU when left out")
@@ -92,10 +101,29 @@ def epoch_batches(n, seed, epoch, global_batch, min_size):
     return [b for b in batches if len(b) >= min_size]
 
 
+@torch.no_grad()
+def evaluate(model, data, batch, device, autocast):
+    """Masked-LM loss and accuracy and NSP accuracy on held-out instances, dropout off."""
+    model.eval()
+    sums = torch.zeros(5, dtype=torch.float64)  # mlm loss, mlm correct, mlm count, nsp correct, instances
+    for b in torch.utils.data.DataLoader(data, batch_size=batch, collate_fn=collate_pretrain):
+        b = {k: v.to(device) for k, v in b.items()}
+        with autocast:
+            mlm_logits, nsp_logits = model(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["mask_pos"])
+        labels, valid = b["mask_label"], b["mask_label"] != -100
+        sums += torch.stack([F.cross_entropy(mlm_logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum"),
+                             ((mlm_logits.argmax(-1) == labels) & valid).sum(), valid.sum(),
+                             (nsp_logits.argmax(-1) == 1 - b["is_next"]).sum(), torch.tensor(len(labels))]).double().cpu()
+    model.train()
+    return {"mlm_loss": (sums[0] / sums[2]).item(), "mlm_acc": (sums[1] / sums[2]).item(), "nsp_acc": (sums[3] / sums[4]).item()}
+
+
 def main(argv=None):
     args = get_args(argv)
     if args.epoch < 1 or args.batch < 1 or args.grad_accum < 1:
         raise UserError("--epoch, --batch and --grad_accum must be at least 1")
+    if not 0 < args.mask_prob < 1:
+        raise UserError(f"--mask_prob must be in (0, 1), got {args.mask_prob}")
     require_file(args.config, "pass --config config_half.json or config.json")
     try:
         keep_steps = {int(s) for s in args.keep_steps.split(",") if s.strip()}
@@ -116,6 +144,14 @@ def main(argv=None):
     if data.max_id >= config.vocab_size:
         raise UserError(f"{args.input} has token id {data.max_id} but {args.vocab} has {config.vocab_size} pieces; "
                         "rebuild the instances with this vocab (`python data.py --vocab ...`)")
+    eval_data = None
+    if args.eval_input and rank == 0:
+        eval_data = PretrainStore(args.eval_input)
+        if eval_data.max_len > config.max_position_embeddings or eval_data.max_id >= config.vocab_size:
+            raise UserError(f"{args.eval_input} does not fit {args.config} and {args.vocab}: make it with the same "
+                            "`python data.py --vocab ... --n_seq ...` as --input")
+    if args.dynamic_mask:
+        data = DynamicMasking(data, word_starts(sp), args.mask_prob, max(1, round(data.max_len * args.mask_prob)), args.seed)
 
     model = BertForPreTraining(config).to(device)
     if args.pretrain and not os.path.exists(args.save):
@@ -159,12 +195,13 @@ def main(argv=None):
         f"hidden {config.hidden_size}; {len(data):,} instances; {precision} on {device}; {total_steps:,} steps of "
         f"effective batch {global_batch} ({args.batch} x {args.grad_accum} micro-batches x {world} processes)")
 
-    log_csv = os.path.join(args.log_dir, "log.csv")
+    log_csv, eval_csv = os.path.join(args.log_dir, "log.csv"), os.path.join(args.log_dir, "eval.csv")
     if master:
         os.makedirs(args.log_dir, exist_ok=True)
-        if step == 0 and os.path.exists(log_csv):
-            os.remove(log_csv)
-        truncate_csv(log_csv, "step", step)  # rows logged after the checkpoint will come again
+        for path in (log_csv, eval_csv):
+            if step == 0 and os.path.exists(path):
+                os.remove(path)
+            truncate_csv(path, "step", step)  # rows logged after the checkpoint will come again
     raw_model = model
     if world > 1:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -190,6 +227,8 @@ def main(argv=None):
     try:
         while epoch < args.epoch and not (args.max_steps and step >= args.max_steps):
             batches = epoch_batches(len(data), args.seed, epoch, global_batch, min_size)
+            if args.dynamic_mask:
+                data.epoch = epoch  # before the DataLoader copies the dataset into its workers
             micro = [mb for b in batches[epoch_step:] for mb in split_step(b, rank, world, args.grad_accum)]
             loader = torch.utils.data.DataLoader(data, batch_sampler=micro, collate_fn=collate_pretrain, num_workers=args.workers,
                                                  pin_memory=device.type == "cuda", generator=loader_gen, worker_init_fn=ignore_sigint)
@@ -247,6 +286,10 @@ def main(argv=None):
                         bar.set_postfix(mlm_loss=f"{row['mlm_loss']:.3f}", mlm_acc=f"{row['mlm_acc']:.3f}", nsp_acc=f"{row['nsp_acc']:.3f}")
                     sums.zero_()
                     t_log = time.time()
+                if eval_data is not None and (last or at_max or (args.eval_steps and step % args.eval_steps == 0)):
+                    row = {"epoch": epoch + 1, "step": step, **evaluate(raw_model, eval_data, args.batch, device, autocast)}
+                    append_csv(eval_csv, row)
+                    tqdm.write(f"step {step}: held-out mlm_loss {row['mlm_loss']:.3f}, mlm_acc {row['mlm_acc']:.3f}, nsp_acc {row['nsp_acc']:.3f}")
                 if last:
                     epoch, epoch_step = epoch + 1, 0
                 if last or at_max or (args.save_steps and step % args.save_steps == 0):

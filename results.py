@@ -60,6 +60,8 @@ def get_args(argv=None):
     p.add_argument("--pretrain_batch", type=int, default=64)
     p.add_argument("--pretrain_lr", type=float, default=5e-4)
     p.add_argument("--pretrain_warmup", type=float, default=0.06)
+    p.add_argument("--dynamic_mask", action="store_true", help="pretrain.py --dynamic_mask: new masks in every epoch (for runs "
+                   "long enough to repeat the instances; then --tapt_dupe 1 is enough)")
     p.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
     p.add_argument("--seeds", default="42,43,44", help="fine-tuning seeds; mean and spread over them")
     p.add_argument("--lr", default="1e-4,3e-4", help="fine-tuning learning rates to choose from on validation")
@@ -203,6 +205,7 @@ def main(argv=None):
                    "--batch", str(args.pretrain_batch), "--lr", str(args.pretrain_lr), "--warmup", str(args.pretrain_warmup),
                    "--log_dir", log_dir, "--seed", "42"]
             cmd += ["--pretrain", init] if init else []
+            cmd += ["--dynamic_mask"] if args.dynamic_mask else []
             cmd += ["--keep_steps", ",".join(map(str, keep))] if keep else []
             run(cmd, f"{out}/pretrain_{name}.log")
             open(f"{log_dir}/done", "w").close()

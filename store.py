@@ -17,6 +17,7 @@ Later runs memory-map the arrays: RAM use does not grow with the number of insta
 import contextlib
 import json
 import os
+import random
 import shutil
 import sys
 
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from data import create_masked_lm_predictions
 from errors import UserError, require_file
 
 ARRAYS = {"tokens": np.uint16, "tok_off": np.int64, "len_a": np.uint16, "is_next": np.uint8,
@@ -163,6 +165,29 @@ class PretrainStore(torch.utils.data.Dataset):
         m0, m1 = a["mask_off"][i], a["mask_off"][i + 1]
         return (a["tokens"][t0:t1].astype(np.int64), int(a["len_a"][i]), int(a["is_next"][i]),
                 a["mask_pos"][m0:m1].astype(np.int64), a["mask_label"][m0:m1].astype(np.int64))
+
+
+class DynamicMasking(torch.utils.data.Dataset):
+    """RoBERTa's dynamic masking: the instances of a PretrainStore with their masks drawn again, differently in
+    every epoch, by data.py's rule (whole words, 80% [MASK] / 10% random / 10% unchanged). data.py's masks are
+    undone first, so a file made with --dupe_factor 1 serves any number of epochs without repeating a mask.
+    Set .epoch before each epoch's DataLoader is made. The masks depend on (seed, epoch, index) alone, so a
+    resumed run draws the same ones."""
+
+    def __init__(self, data, is_word_start, mask_prob, max_pred, seed):
+        self.data, self.is_word_start, self.mask_prob, self.max_pred, self.seed = data, is_word_start, mask_prob, max_pred, seed
+        self.epoch = 0
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        tokens, len_a, is_next, pos, label = self.data[i]
+        tokens[pos] = label  # the text as it was before data.py masked it
+        rng = random.Random(f"{self.seed}/{self.epoch}/{i}")  # a str seed is hashed with SHA-512: the same in every process
+        masked, pos, label = create_masked_lm_predictions(tokens.tolist(), self.mask_prob, self.max_pred,
+                                                          len(self.is_word_start), rng, self.is_word_start)
+        return np.array(masked, dtype=np.int64), len_a, is_next, np.array(pos, dtype=np.int64), np.array(label, dtype=np.int64)
 
 
 def collate_pretrain(batch):

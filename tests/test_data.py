@@ -3,6 +3,7 @@ import random
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import ROOT, SAMPLE_CORPUS
 
@@ -287,3 +288,38 @@ def test_cli_malformed_inputs(sample_spm, tmp_path):
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert message in result.stderr.strip().splitlines()[-1]
         assert not out.exists() and not (tmp_path / "out.json.tmp").exists()
+
+
+def test_dynamic_masking_draws_new_whole_word_masks_each_epoch(instances, is_word_start, tmp_path):
+    from store import DynamicMasking, PretrainStore
+
+    path = tmp_path / "inst.json"
+    path.write_text("".join(inst.to_json() + "\n" for inst in instances[:2000]))
+    store = PretrainStore(str(path))
+    dyn = DynamicMasking(store, is_word_start, MASK_PROB, MAX_PRED, seed=42)
+    assert len(dyn) == len(store) == 2000
+
+    def epoch_of(e):
+        dyn.epoch = e
+        return [dyn[i] for i in range(len(dyn))]
+
+    first, again, second = epoch_of(0), epoch_of(0), epoch_of(1)
+    n_tokens = n_masked = n_same_masks = 0
+    for inst, a, b, c in zip(instances, first, again, second):
+        for x, y in zip(a, b):  # the same (seed, epoch, index): the same masks
+            assert np.array_equal(x, y)
+        for tokens, len_a, is_next, pos, label in (a, c):
+            assert (len_a, is_next) == (inst.segment.index(1), inst.is_next)
+            original = tokens.copy()
+            original[pos] = label
+            assert original.tolist() == unmasked(inst)  # the text under the masks is untouched
+            assert 1 <= len(pos) <= MAX_PRED and list(pos) == sorted(set(pos.tolist()))
+            masked = set(pos.tolist())
+            for word in words(original.tolist(), is_word_start):
+                assert len({i in masked for i in word}) == 1  # whole words only
+        n_tokens += len(a[0])
+        n_masked += len(a[3])
+        n_same_masks += np.array_equal(a[3], c[3])
+    assert abs(n_masked / n_tokens - MASK_PROB) < 0.01
+    assert n_same_masks < 0.1 * len(dyn)  # another epoch, other masks
+    assert sum(np.array_equal(a[3], inst.mask_pos) for inst, a in zip(instances, first)) < 0.1 * len(dyn)

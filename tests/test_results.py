@@ -28,7 +28,7 @@ def test_results_script_builds_the_table(tmp_path):
     cmd = [sys.executable, "results.py", "--wiki", os.path.join(SAMPLE, "kowiki-sample.txt.xz"),
            "--train", head("ratings_train.txt", tmp_path / "train.txt", 400), "--test", head("ratings_test.txt", tmp_path / "test.txt", 100),
            "--out", str(out), "--img", str(img), "--config", str(config), "--vocab_size", "3000", "--n_seq", "64",
-           "--wiki_steps", "3,6", "--tapt_steps", "3", "--tapt_alone", "--tapt_dupe", "2", "--pretrain_batch", "8",
+           "--wiki_steps", "3,6", "--tapt_steps", "3", "--tapt_alone", "--tapt_dupe", "2", "--pretrain_batch", "8", "--dynamic_mask",
            "--seeds", "1,2", "--lr", "1e-3", "--lr_none", "1e-3,3e-3", "--epoch", "2", "--batch", "32", "--sweep_reviews", "200", "--hardware", "test CPU"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -49,6 +49,8 @@ def test_results_script_builds_the_table(tmp_path):
     # the kept step-3 weights and the continued (TAPT) run exist; TAPT started from the final wiki weights
     assert (out / "wiki_step3.pth").exists() and (out / "wiki+nsmc.pth").exists() and (out / "nsmc.pth").exists()
     assert "starting from the weights of" in (out / "pretrain_wiki+nsmc.log").read_text()
+    pretrain_cmds = [line for line in p.stdout.splitlines() if line.startswith("$ ") and "pretrain.py" in line]
+    assert len(pretrain_cmds) == 3 and all("--dynamic_mask" in line for line in pretrain_cmds)
     # the TAPT text is the training file's reviews, never the test file's
     text = (out / "nsmc_train_doc10.txt").read_text(encoding="utf-8")
     test_reviews = [line.split("\t")[1] for line in (tmp_path / "test.txt").read_text(encoding="utf-8").splitlines()[1:]]

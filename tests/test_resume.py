@@ -1,6 +1,7 @@
 """Fault cases: SIGKILL at a random moment, a kill halfway through a save, SIGTERM, NaN losses, bad instance
 lines, truncated/foreign/malicious/mismatched checkpoints. A resumed run must end with the very weights of an
 uninterrupted one (CPU, same seed, dropout on: the RNG states are restored too)."""
+import csv
 import json
 import os
 import random
@@ -245,3 +246,28 @@ def test_foreign_truncated_malicious_and_mismatched_checkpoints(setup, reference
     other.write_text(json.dumps({**MICRO, "num_attention_heads": 4}))
     with pytest.raises(UserError, match=r"num_attention_heads=2 but the config in .*other\.json has num_attention_heads=4"):
         pretrain.main(args_for(setup, mid, "--config", str(other)))
+
+
+def test_dynamic_masking_and_held_out_eval_resume_exactly(setup, reference, tmp_path):
+    held_out = write_instances(tmp_path / "held_out.json", 10, seed=1)
+    extra = ["--dynamic_mask", "--eval_input", held_out, "--eval_steps", "10"]
+    straight = tmp_path / "straight.pth"
+    pretrain.main(args_for(setup, straight, *extra))
+    stopped = tmp_path / "stopped.pth"
+    p = start("pretrain.py", args_for(setup, stopped, *extra))
+    wait_for(stopped, p)
+    time.sleep(random.uniform(0, 0.3))
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate()
+    assert p.returncode == 128 + signal.SIGTERM, err
+    pretrain.main(args_for(setup, stopped, *extra))
+    assert_same_state(stopped, straight)  # the masks of a resumed epoch are drawn again, the same
+    a, b = torch.load(straight, weights_only=True), torch.load(reference, weights_only=True)
+    assert not torch.equal(a["model"]["bert.embeddings.word_embeddings.weight"], b["model"]["bert.embeddings.word_embeddings.weight"])
+    for save in (straight, stopped):
+        with open(f"{save}.log/eval.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert [int(r["step"]) for r in rows] == [10, 20, 24, 30, 40, 48, 50, 60, 70, 72]  # every 10 steps and at epoch ends
+        assert all(0 <= float(r["mlm_acc"]) <= 1 and float(r["mlm_loss"]) > 0 for r in rows)
+    with open(f"{straight}.log/eval.csv") as f, open(f"{stopped}.log/eval.csv") as g:
+        assert f.read() == g.read()
