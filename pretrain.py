@@ -101,21 +101,32 @@ def epoch_batches(n, seed, epoch, global_batch, min_size):
     return [b for b in batches if len(b) >= min_size]
 
 
+def pretraining_losses(model, batch, autocast):
+    """The summed masked-LM and NSP losses of a batch, and its counts for the logs (no gradient):
+    [mlm loss, mlm correct, mlm targets, nsp loss, nsp correct, instances]."""
+    with autocast:
+        mlm_logits, nsp_logits = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], batch["mask_pos"])
+    labels = batch["mask_label"]
+    mlm_loss = F.cross_entropy(mlm_logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+    # NSP class 0 = "B follows A", 1 = "B is random", as in Google's BERT and Hugging Face
+    nsp_label = 1 - batch["is_next"]
+    nsp_loss = F.cross_entropy(nsp_logits.float(), nsp_label, reduction="sum")
+    with torch.no_grad():
+        valid = labels != -100
+        counts = torch.stack([mlm_loss.detach(), ((mlm_logits.argmax(-1) == labels) & valid).sum(), valid.sum(), nsp_loss.detach(),
+                              (nsp_logits.argmax(-1) == nsp_label).sum(), torch.tensor(len(labels), device=labels.device)]).float()
+    return mlm_loss, nsp_loss, counts
+
+
 @torch.no_grad()
 def evaluate(model, data, batch, device, autocast):
     """Masked-LM loss and accuracy and NSP accuracy on held-out instances, dropout off."""
     model.eval()
-    sums = torch.zeros(5, dtype=torch.float64)  # mlm loss, mlm correct, mlm count, nsp correct, instances
+    sums = torch.zeros(6, dtype=torch.float64)
     for b in torch.utils.data.DataLoader(data, batch_size=batch, collate_fn=collate_pretrain):
-        b = {k: v.to(device) for k, v in b.items()}
-        with autocast:
-            mlm_logits, nsp_logits = model(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["mask_pos"])
-        labels, valid = b["mask_label"], b["mask_label"] != -100
-        sums += torch.stack([F.cross_entropy(mlm_logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum"),
-                             ((mlm_logits.argmax(-1) == labels) & valid).sum(), valid.sum(),
-                             (nsp_logits.argmax(-1) == 1 - b["is_next"]).sum(), torch.tensor(len(labels))]).double().cpu()
+        sums += pretraining_losses(model, {k: v.to(device) for k, v in b.items()}, autocast)[2].double().cpu()
     model.train()
-    return {"mlm_loss": (sums[0] / sums[2]).item(), "mlm_acc": (sums[1] / sums[2]).item(), "nsp_acc": (sums[3] / sums[4]).item()}
+    return {"mlm_loss": (sums[0] / sums[2]).item(), "mlm_acc": (sums[1] / sums[2]).item(), "nsp_acc": (sums[4] / sums[5]).item()}
 
 
 def main(argv=None):
@@ -246,22 +257,13 @@ def main(argv=None):
                     batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}
                     if world > 1:
                         model.require_backward_grad_sync = k == args.grad_accum - 1  # DDP all-reduces on the last micro-batch only
-                    with autocast:
-                        mlm_logits, nsp_logits = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], batch["mask_pos"])
-                    labels = batch["mask_label"]
-                    mlm_loss = F.cross_entropy(mlm_logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
-                    # NSP class 0 = "B follows A", 1 = "B is random", as in Google's BERT and Hugging Face
-                    nsp_label = 1 - batch["is_next"]
-                    nsp_loss = F.cross_entropy(nsp_logits.float(), nsp_label, reduction="sum")
+                    mlm_loss, nsp_loss, counts = pretraining_losses(model, batch, autocast)
                     # means over the whole step (every process and micro-batch), so N processes x batch B x K micro-batches
                     # make the gradient of one process with batch N*B*K; DDP divides by the number of processes, hence * world
                     loss = (mlm_loss / max(n_mask, 1) + nsp_loss / n_inst) * world
                     (scaler.scale(loss) if scaler is not None else loss).backward()
-                    with torch.no_grad():
-                        valid = labels != -100
-                        sums[:7] += torch.stack([mlm_loss.detach(), ((mlm_logits.argmax(-1) == labels) & valid).sum(), valid.sum(),
-                                                 nsp_loss.detach(), (nsp_logits.argmax(-1) == nsp_label).sum(),
-                                                 torch.tensor(len(labels), device=device), batch["attention_mask"].sum()]).float()
+                    sums[:6] += counts
+                    sums[6] += batch["attention_mask"].sum()
                 ok = optimizer_step(model, optimizer, scheduler, scaler, args.clip)
                 step += 1
                 epoch_step += 1
