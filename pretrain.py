@@ -148,19 +148,17 @@ def main(argv=None):
 
     sp = load_vocab(args.vocab)
     config = BertConfig.from_json_file(args.config, vocab_size=sp.get_piece_size())
-    data = rank0_first(lambda: PretrainStore(args.input, args.skip_bad_lines), rank, world)  # rank 0 builds the cache
-    if data.max_len > config.max_position_embeddings:
-        raise UserError(f"{args.input} has instances of {data.max_len} tokens but {args.config} allows "
-                        f"{config.max_position_embeddings} positions; rebuild with `python data.py --n_seq {config.max_position_embeddings}`")
-    if data.max_id >= config.vocab_size:
-        raise UserError(f"{args.input} has token id {data.max_id} but {args.vocab} has {config.vocab_size} pieces; "
-                        "rebuild the instances with this vocab (`python data.py --vocab ...`)")
-    eval_data = None
-    if args.eval_input and rank == 0:
-        eval_data = PretrainStore(args.eval_input)
-        if eval_data.max_len > config.max_position_embeddings or eval_data.max_id >= config.vocab_size:
-            raise UserError(f"{args.eval_input} does not fit {args.config} and {args.vocab}: make it with the same "
-                            "`python data.py --vocab ... --n_seq ...` as --input")
+    def check_fits(store, path):
+        if store.max_len > config.max_position_embeddings:
+            raise UserError(f"{path} has instances of {store.max_len} tokens but {args.config} allows "
+                            f"{config.max_position_embeddings} positions; rebuild with `python data.py --n_seq {config.max_position_embeddings}`")
+        if store.max_id >= config.vocab_size:
+            raise UserError(f"{path} has token id {store.max_id} but {args.vocab} has {config.vocab_size} pieces; "
+                            "rebuild the instances with this vocab (`python data.py --vocab ...`)")
+        return store
+
+    data = check_fits(rank0_first(lambda: PretrainStore(args.input, args.skip_bad_lines), rank, world), args.input)  # rank 0 builds the cache
+    eval_data = check_fits(PretrainStore(args.eval_input), args.eval_input) if args.eval_input and rank == 0 else None
     if args.dynamic_mask:
         data = DynamicMasking(data, word_starts(sp), args.mask_prob, max(1, round(data.max_len * args.mask_prob)), args.seed)
 
