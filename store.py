@@ -69,12 +69,43 @@ def report_bad_lines(path, bad, skip):
         print(f"{path}: skipping {len(bad)} bad lines (--skip_bad_lines)", file=sys.stderr)
 
 
+def read_meta(cache_dir):
+    """A cache's meta.json as a dict, or None when there is no finished cache."""
+    try:
+        with open(os.path.join(cache_dir, "meta.json")) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def is_current(meta, path):
+    return meta is not None and {k: meta[k] for k in ("source_size", "source_mtime")} == source_stamp(path)
+
+
 def build_cache(path, cache_dir, skip_bad_lines=False, flush_every=20000):
-    """Stream the JSON lines of `path` into the binary arrays of `cache_dir` (built in a temp dir, then renamed).
-    Every bad line is collected, not just the first, so one pass over a large file names them all."""
-    tmp = cache_dir + ".tmp"
+    """Stream the JSON lines of `path` into the binary arrays of `cache_dir`, built in a temp dir of this
+    process and then renamed: two runs started at once on one file each build their own, and the later
+    one keeps the cache the first put in place. Every bad line is collected, not just the first, so one
+    pass over a large file names them all."""
+    tmp = f"{cache_dir}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
+    try:
+        write_arrays(path, tmp, skip_bad_lines, flush_every)
+    except BaseException:  # a bad file, Ctrl-C: leave no half-built directory behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if is_current(read_meta(cache_dir), path):  # another run finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    try:
+        os.replace(tmp, cache_dir)
+    except OSError:  # another run renamed its cache into place just now
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_arrays(path, tmp, skip_bad_lines, flush_every):
     buf = {name: [] for name in ARRAYS}
     n, n_tok, n_mask, max_len, max_id = 0, 0, 0, 0, 0
     bad = []
@@ -114,19 +145,12 @@ def build_cache(path, cache_dir, skip_bad_lines=False, flush_every=20000):
                 if len(buf["tok_off"]) >= flush_every:
                     flush()
         flush()
-    try:
-        report_bad_lines(path, bad, skip_bad_lines)
-    except UserError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    report_bad_lines(path, bad, skip_bad_lines)
     if n == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"{path} holds no instances; rebuild it with `python data.py` on a non-empty corpus")
     meta = {**source_stamp(path), "n": n, "n_tokens": n_tok, "max_len": max_len, "max_id": max_id, "bad_lines": bad}
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f)
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    os.replace(tmp, cache_dir)
 
 
 class PretrainStore(torch.utils.data.Dataset):
@@ -135,15 +159,10 @@ class PretrainStore(torch.utils.data.Dataset):
     def __init__(self, path, skip_bad_lines=False):
         require_file(path, "run `python data.py` to make it")
         self.cache_dir = path + ".cache"
-        meta_path = os.path.join(self.cache_dir, "meta.json")
-        meta = None
-        if os.path.exists(meta_path):
-            with open(meta_path) as f:
-                meta = json.load(f)
-        if meta is None or {k: meta[k] for k in ("source_size", "source_mtime")} != source_stamp(path):
+        meta = read_meta(self.cache_dir)
+        if not is_current(meta, path):
             build_cache(path, self.cache_dir, skip_bad_lines)
-            with open(meta_path) as f:
-                meta = json.load(f)
+            meta = read_meta(self.cache_dir)
         else:  # a cache built with --skip_bad_lines: the same lines are still bad
             report_bad_lines(path, meta.get("bad_lines", []), skip_bad_lines)
         self.meta = meta

@@ -1,4 +1,5 @@
 import json
+import os
 import random
 import subprocess
 import sys
@@ -323,3 +324,34 @@ def test_dynamic_masking_draws_new_whole_word_masks_each_epoch(instances, is_wor
     assert abs(n_masked / n_tokens - MASK_PROB) < 0.01
     assert n_same_masks < 0.1 * len(dyn)  # another epoch, other masks
     assert sum(np.array_equal(a[3], inst.mask_pos) for inst, a in zip(instances, first)) < 0.1 * len(dyn)
+
+
+def test_two_runs_building_one_cache_at_once_both_get_it(instances, tmp_path):
+    """Two pretrain.py runs started together on one file: each builds its own temp dir; neither crashes
+    on the other's, and both read the same complete cache (before, the second crashed on a missing meta.json)."""
+    import multiprocessing
+
+    from store import PretrainStore
+
+    path = tmp_path / "inst.json"
+    path.write_text("".join(inst.to_json() + "\n" for inst in instances) * 3)
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(2)
+    results = ctx.Queue()
+
+    def build():
+        barrier.wait()  # start together, so the two builds overlap
+        try:
+            store = PretrainStore(str(path))
+            results.put((len(store), store[len(store) - 1][0].tolist()))
+        except Exception as e:  # noqa: BLE001 (reported to the parent, which fails the test)
+            results.put(repr(e))
+
+    procs = [ctx.Process(target=build) for _ in range(2)]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join()
+    assert got[0] == got[1] == (3 * len(instances), instances[-1].tokens), got
+    assert sorted(os.listdir(tmp_path)) == ["inst.json", "inst.json.cache"]  # no temp dir left behind
