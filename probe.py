@@ -88,7 +88,7 @@ def get_args(argv=None):
 def load_model(path, cls, sp, hint):
     state = load_checkpoint(path, hint)
     config = BertConfig.from_dict(state["config"])
-    check_config(state, BertConfig.from_dict(state["config"], vocab_size=sp.get_piece_size()), path, "--vocab")
+    check_config(state, BertConfig.from_dict(state["config"], vocab_size=sp.get_piece_size()), path)  # the vocab size alone can differ
     model = cls(config)
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     if unexpected or (missing and cls is BertForSequenceClassification):
