@@ -101,6 +101,17 @@ def epoch_batches(n, seed, epoch, global_batch, min_size):
     return [b for b in batches if len(b) >= min_size]
 
 
+def check_fits(store, path, config, config_path, vocab_path):
+    """The instances of `store` (read from `path`) fit the model's positions and vocabulary, or a one-line error."""
+    if store.max_len > config.max_position_embeddings:
+        raise UserError(f"{path} has instances of {store.max_len} tokens but {config_path} allows "
+                        f"{config.max_position_embeddings} positions; rebuild with `python data.py --n_seq {config.max_position_embeddings}`")
+    if store.max_id >= config.vocab_size:
+        raise UserError(f"{path} has token id {store.max_id} but {vocab_path} has {config.vocab_size} pieces; "
+                        "rebuild the instances with this vocab (`python data.py --vocab ...`)")
+    return store
+
+
 def pretraining_losses(model, batch, autocast):
     """The summed masked-LM and NSP losses of a batch, and its counts for the logs (no gradient):
     [mlm loss, mlm correct, mlm targets, nsp loss, nsp correct, instances]."""
@@ -148,17 +159,11 @@ def main(argv=None):
 
     sp = load_vocab(args.vocab)
     config = BertConfig.from_json_file(args.config, vocab_size=sp.get_piece_size())
-    def check_fits(store, path):
-        if store.max_len > config.max_position_embeddings:
-            raise UserError(f"{path} has instances of {store.max_len} tokens but {args.config} allows "
-                            f"{config.max_position_embeddings} positions; rebuild with `python data.py --n_seq {config.max_position_embeddings}`")
-        if store.max_id >= config.vocab_size:
-            raise UserError(f"{path} has token id {store.max_id} but {args.vocab} has {config.vocab_size} pieces; "
-                            "rebuild the instances with this vocab (`python data.py --vocab ...`)")
-        return store
-
-    data = check_fits(rank0_first(lambda: PretrainStore(args.input, args.skip_bad_lines), rank, world), args.input)  # rank 0 builds the cache
-    eval_data = check_fits(PretrainStore(args.eval_input), args.eval_input) if args.eval_input and rank == 0 else None
+    data = check_fits(rank0_first(lambda: PretrainStore(args.input, args.skip_bad_lines), rank, world),  # rank 0 builds the cache
+                      args.input, config, args.config, args.vocab)
+    eval_data = None
+    if args.eval_input and rank == 0:
+        eval_data = check_fits(PretrainStore(args.eval_input), args.eval_input, config, args.config, args.vocab)
     if args.dynamic_mask:
         data = DynamicMasking(data, word_starts(sp), args.mask_prob, max(1, round(data.max_len * args.mask_prob)), args.seed)
 

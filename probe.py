@@ -87,8 +87,8 @@ def get_args(argv=None):
 
 def load_model(path, cls, sp, hint):
     state = load_checkpoint(path, hint)
-    config = BertConfig.from_dict(state["config"])
-    check_config(state, BertConfig.from_dict(state["config"], vocab_size=sp.get_piece_size()), path)  # the vocab size alone can differ
+    config = BertConfig.from_dict(state["config"], vocab_size=sp.get_piece_size())
+    check_config(state, config, path)  # the vocab size alone can differ
     model = cls(config)
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     if unexpected or (missing and cls is BertForSequenceClassification):
@@ -103,12 +103,10 @@ def main(argv=None):
     sp = load_vocab(args.vocab)
     rows = []
     if args.pretrain:
-        from pretrain import evaluate  # the held-out evaluation pretrain.py --eval_input writes
+        from pretrain import check_fits, evaluate  # the held-out evaluation pretrain.py --eval_input writes
 
         model = load_model(args.pretrain, BertForPreTraining, sp, "pass a pretrain.py checkpoint").to(device)
-        data = PretrainStore(args.input)
-        if data.max_id >= sp.get_piece_size() or data.max_len > model.config.max_position_embeddings:
-            raise UserError(f"{args.input} does not fit {args.pretrain} (token ids or lengths); build it with the same --vocab and --n_seq")
+        data = check_fits(PretrainStore(args.input), args.input, model.config, args.pretrain, args.vocab)
         for mode in ("as is", "shuffled", "no context"):
             d = data if mode == "as is" else Probed(data, mode, sp.get_piece_size(), args.seed)
             r = evaluate(model, d, args.batch, device, autocast)
