@@ -60,6 +60,8 @@ def get_args(argv=None):
     p.add_argument("--pretrain_batch", type=int, default=64)
     p.add_argument("--pretrain_lr", type=float, default=5e-4)
     p.add_argument("--pretrain_warmup", type=float, default=0.06)
+    p.add_argument("--pretrain_workers", type=int, default=0, help="pretrain.py --workers (DataLoader processes; a GPU "
+                   "outruns one process's masking and batching)")
     p.add_argument("--dynamic_mask", action="store_true", help="pretrain.py --dynamic_mask: new masks in every epoch (for runs "
                    "long enough to repeat the instances; then --tapt_dupe 1 is enough)")
     p.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
@@ -73,6 +75,8 @@ def get_args(argv=None):
                    "(their own validation share); 0: on the whole file with the first seed")
     p.add_argument("--gpu", type=int, default=None, help="CUDA device for pretraining and fine-tuning (CPU when left out)")
     p.add_argument("--hardware", default=None, help="the hardware column (default: this machine's CPU)")
+    p.add_argument("--stop_after", choices=["data", "pretrain"], default=None, help="stop once the vocabulary and instances "
+                   "(data) or also the pretraining runs (pretrain) are done, e.g. to time steps or fine-tune seeds in parallel")
     return p.parse_args(argv)
 
 
@@ -194,6 +198,10 @@ def main(argv=None):
              "--n_seq", str(args.n_seq), "--dupe_factor", str(args.tapt_dupe)], f"{out}/data_nsmc.log")
         os.replace(tapt_data + ".part", tapt_data)
 
+    if args.stop_after == "data":
+        print(f"data ready in {out} (--stop_after data)")
+        return
+
     # 2. pretraining
     elapsed = {}  # pretraining run -> {step: seconds since its start}
     for name, (data, steps, init, keep) in pretrain_runs.items():
@@ -206,10 +214,15 @@ def main(argv=None):
                    "--log_dir", log_dir, "--seed", "42"]
             cmd += ["--pretrain", init] if init else []
             cmd += ["--dynamic_mask"] if args.dynamic_mask else []
+            cmd += ["--workers", str(args.pretrain_workers)] if args.pretrain_workers else []
             cmd += ["--keep_steps", ",".join(map(str, keep))] if keep else []
             run(cmd, f"{out}/pretrain_{name}.log")
             open(f"{log_dir}/done", "w").close()
         elapsed[name] = {int(r["step"]): float(r["elapsed_s"]) for r in read_log(f"{log_dir}/log.csv")}
+
+    if args.stop_after == "pretrain":
+        print(f"pretraining done in {out} (--stop_after pretrain)")
+        return
 
     # 3. fine-tuning: for each row LR and batch chosen on validation, then every seed with them
     sweep_train = args.train
@@ -246,10 +259,12 @@ def main(argv=None):
     order = list(all_rows) + sorted({r["item"] for r in results} - set(all_rows))
     results.sort(key=lambda r: order.index(r["item"]))
     fields = list(dict.fromkeys(k for r in results for k in r))
-    with open(path, "w", newline="") as f:
+    tmp = f"{path}.{os.getpid()}.tmp"  # then renamed: results.py calls running side by side never read half a file
+    with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(results)
+    os.replace(tmp, path)
     lines = ["| ITEM | pretraining | epoch | loss | accuracy | time | hardware |", "|---|---|---|---|---|---|---|"]
     summary = []
     for item in dict.fromkeys(r["item"] for r in results):
