@@ -7,7 +7,8 @@
 #
 #   bash gpu_results.sh                     # ../shared/data, 300 s of pretraining on GPU 0, everything in runs/gpu
 #   GPU= BUDGET_S=20 CONFIG=config_tiny.json EPOCH=1 WIKI=data/sample/kowiki-sample.txt.xz N=data/sample \
-#       bash gpu_results.sh                 # the same stages on the CPU with a tiny budget (a few minutes)
+#       RUN=runs/gpu_dry bash gpu_results.sh --vocab_size 4000   # the same stages on the CPU, tiny budget (minutes)
+# Finished stages in $RUN are not redone, so a dry run needs its own RUN.
 #
 # Settings are the environment variables below; arguments are passed on to every results.py call (e.g.
 # --vocab_size 4000). The row lands in $RUN/results.md and $RUN/results.csv; every stage's log is in $RUN.
