@@ -119,9 +119,10 @@ def nsmc_text(train, path, per_doc=10):
     if os.path.exists(path):
         return path
     reviews = [r.strip() for r in read_nsmc(train)[0] if r.strip()]
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
+    tmp = f"{path}.{os.getpid()}.tmp"  # each process its own: results.py calls may run side by side
+    with open(tmp, "w", encoding="utf-8") as f:
         f.writelines("\n".join(reviews[i : i + per_doc]) + "\n\n" for i in range(0, len(reviews), per_doc))
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)
     return path
 
 
@@ -229,9 +230,10 @@ def main(argv=None):
     if args.sweep_reviews:
         sweep_train = f"{out}/sweep{args.sweep_reviews}_train.txt"
         if not os.path.exists(sweep_train):
-            with open(args.train, encoding="utf-8") as f, open(sweep_train + ".tmp", "w", encoding="utf-8") as g:
+            tmp = f"{sweep_train}.{os.getpid()}.tmp"
+            with open(args.train, encoding="utf-8") as f, open(tmp, "w", encoding="utf-8") as g:
                 g.writelines(line for _, line in zip(range(args.sweep_reviews + 1), f))  # the header and the first N reviews
-            os.replace(sweep_train + ".tmp", sweep_train)
+            os.replace(tmp, sweep_train)
     results = []
     for item, (desc, ckpt, runs) in rows.items():
         grid = [(lr, b) for lr in (args.lr_none if ckpt is None else args.lr).split(",") for b in args.batch.split(",")]
