@@ -25,6 +25,7 @@ deviation over seeds), IMG/loss.svg and IMG/accuracy.svg. `--rows` runs some row
 other rows' last results, so rows with different options can share it.
 """
 import argparse
+import contextlib
 import csv
 import os
 import platform
@@ -113,16 +114,24 @@ def read_log(path):
         return list(csv.DictReader(f))
 
 
+@contextlib.contextmanager
+def replacing(path, **open_args):
+    """Write a file under a per-process temporary name, then rename it to `path`: results.py calls running side
+    by side (one per seed) never read half a file, nor write into each other's."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", **open_args) as f:
+        yield f
+    os.replace(tmp, path)
+
+
 def nsmc_text(train, path, per_doc=10):
     """The training reviews as plain text for vocab.py and data.py, written once: one review per line, `per_doc`
     reviews per document. -> path"""
     if os.path.exists(path):
         return path
     reviews = [r.strip() for r in read_nsmc(train)[0] if r.strip()]
-    tmp = f"{path}.{os.getpid()}.tmp"  # each process its own: results.py calls may run side by side
-    with open(tmp, "w", encoding="utf-8") as f:
+    with replacing(path, encoding="utf-8") as f:
         f.writelines("\n".join(reviews[i : i + per_doc]) + "\n\n" for i in range(0, len(reviews), per_doc))
-    os.replace(tmp, path)
     return path
 
 
@@ -230,10 +239,8 @@ def main(argv=None):
     if args.sweep_reviews:
         sweep_train = f"{out}/sweep{args.sweep_reviews}_train.txt"
         if not os.path.exists(sweep_train):
-            tmp = f"{sweep_train}.{os.getpid()}.tmp"
-            with open(args.train, encoding="utf-8") as f, open(tmp, "w", encoding="utf-8") as g:
+            with open(args.train, encoding="utf-8") as f, replacing(sweep_train, encoding="utf-8") as g:
                 g.writelines(line for _, line in zip(range(args.sweep_reviews + 1), f))  # the header and the first N reviews
-            os.replace(tmp, sweep_train)
     results = []
     for item, (desc, ckpt, runs) in rows.items():
         grid = [(lr, b) for lr in (args.lr_none if ckpt is None else args.lr).split(",") for b in args.batch.split(",")]
@@ -261,12 +268,10 @@ def main(argv=None):
     order = list(all_rows) + sorted({r["item"] for r in results} - set(all_rows))
     results.sort(key=lambda r: order.index(r["item"]))
     fields = list(dict.fromkeys(k for r in results for k in r))
-    tmp = f"{path}.{os.getpid()}.tmp"  # then renamed: results.py calls running side by side never read half a file
-    with open(tmp, "w", newline="") as f:
+    with replacing(path, newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(results)
-    os.replace(tmp, path)
     lines = ["| ITEM | pretraining | epoch | loss | accuracy | time | hardware |", "|---|---|---|---|---|---|---|"]
     summary = []
     for item in dict.fromkeys(r["item"] for r in results):
