@@ -16,6 +16,7 @@ figures are medians of the per-step tokens/s (tokens = batch x padded length, th
 The pretraining batches are real instances from data.py on the bundled Wikipedia sample, padded
 to --seq. Last line: `speedup vs transformers: X.XXx (ours N tok/s, transformers M tok/s)`.
 """
+
 import argparse
 import os
 import statistics
@@ -44,16 +45,22 @@ def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="pretrain", choices=["pretrain", "finetune", "data", "memory", "curve", "all"])
     p.add_argument("--config", default="config_half.json")
-    p.add_argument("--seq", type=int, default=128, help="pretraining sequence length (instances made with data.py --n_seq SEQ)")
+    p.add_argument(
+        "--seq", type=int, default=128, help="pretraining sequence length (instances made with data.py --n_seq SEQ)"
+    )
     p.add_argument("--batch", type=int, default=32, help="pretraining batch")
     p.add_argument("--ft_batch", type=int, default=128, help="fine-tuning batch")
     p.add_argument("--steps", type=int, default=20, help="timed steps of each model")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps of each model first")
     p.add_argument("--gpu", type=int, default=None, help="CUDA device index; CPU when left out")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core); 1 times steps in thread CPU time")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: every core); 1 times steps in thread CPU time"
+    )
     p.add_argument("--fp32", action="store_true", help="both models in fp32")
     p.add_argument("--plain", action="store_true", help="our plain path, without the training speed paths of model.py")
-    p.add_argument("--compile", action="store_true", help="torch.compile our model (the first steps' compile time is reported)")
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile our model (the first steps' compile time is reported)"
+    )
     p.add_argument("--no_hf", action="store_true", help="time ours only (no transformers needed)")
     p.add_argument("--curve_steps", type=int, default=200, help="steps of each path for --task curve")
     p.add_argument("--reviews", default=os.path.join(SAMPLE, "ratings_train.txt"), help="NSMC file for --task finetune")
@@ -74,11 +81,32 @@ def prepare(args):
     os.makedirs(args.work, exist_ok=True)
     vocab = os.path.join(args.work, "sample8k.model")
     if not os.path.exists(vocab):
-        run(["vocab.py", "--input", os.path.join(SAMPLE, "kowiki-sample.txt.xz"), "--prefix", vocab[:-6], "--vocab_size", "8000"])
+        run(
+            [
+                "vocab.py",
+                "--input",
+                os.path.join(SAMPLE, "kowiki-sample.txt.xz"),
+                "--prefix",
+                vocab[:-6],
+                "--vocab_size",
+                "8000",
+            ]
+        )
     inst = os.path.join(args.work, f"instances{args.seq}.json")
     if not os.path.exists(inst):
-        run(["data.py", "--input", os.path.join(SAMPLE, "kowiki-sample.txt.xz"), "--vocab", vocab, "--output", inst,
-             "--n_seq", str(args.seq)])
+        run(
+            [
+                "data.py",
+                "--input",
+                os.path.join(SAMPLE, "kowiki-sample.txt.xz"),
+                "--vocab",
+                vocab,
+                "--output",
+                inst,
+                "--n_seq",
+                str(args.seq),
+            ]
+        )
     return vocab, inst
 
 
@@ -90,6 +118,7 @@ def sync(device):
 def make_hf(kind, config, device, state):
     """transformers' model of the same config and weights, SDPA attention."""
     import transformers
+
     transformers.logging.set_verbosity_error()
     hf_config = transformers.BertConfig(**config.to_dict(), attn_implementation="sdpa")
     m = getattr(transformers, kind)(hf_config)
@@ -126,8 +155,12 @@ def report(rates, first, what, unit="tok/s"):
     med = {name: statistics.median(r) for name, r in rates.items()}
     for name, r in rates.items():
         q = np.percentile(r, [25, 75])
-        print(f"{what} {name:>12}: median {med[name]:,.0f} {unit} (IQR {q[0]:,.0f}-{q[1]:,.0f}; first step {first[name]:.1f} s wall)")
-    if len(rates) == 2:  # neighbouring steps see about the same load from other jobs: a steadier ratio on a shared machine
+        print(
+            f"{what} {name:>12}: median {med[name]:,.0f} {unit} (IQR {q[0]:,.0f}-{q[1]:,.0f}; first step {first[name]:.1f} s wall)"
+        )
+    if (
+        len(rates) == 2
+    ):  # neighbouring steps see about the same load from other jobs: a steadier ratio on a shared machine
         pairs = [a / b for a, b in zip(*rates.values())]
         print(f"{what}: median of the per-step ratios ours/transformers {statistics.median(pairs):.2f}x")
     return med
@@ -163,21 +196,25 @@ def bench_pretrain(args, device):
 
     def ours_loss(m, b):
         mlm, nsp = m(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["mask_pos"])
-        return (F.cross_entropy(mlm.float().flatten(0, 1), b["mask_label"].flatten(), ignore_index=-100)
-                + F.cross_entropy(nsp.float(), 1 - b["is_next"]))
+        return F.cross_entropy(
+            mlm.float().flatten(0, 1), b["mask_label"].flatten(), ignore_index=-100
+        ) + F.cross_entropy(nsp.float(), 1 - b["is_next"])
 
     def hf_loss(m, b):
         out = m(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"], attention_mask=b["attention_mask"])
-        return (F.cross_entropy(out.prediction_logits.float().flatten(0, 1), b["full_labels"].flatten(), ignore_index=-100)
-                + F.cross_entropy(out.seq_relationship_logits.float(), 1 - b["is_next"]))
+        return F.cross_entropy(
+            out.prediction_logits.float().flatten(0, 1), b["full_labels"].flatten(), ignore_index=-100
+        ) + F.cross_entropy(out.seq_relationship_logits.float(), 1 - b["is_next"])
 
     ours = BertForPreTraining(config).to(device).train()
     models = {"ours": (maybe_compile(ours, args), configure_optimizer(ours, 1e-4, device_type=device.type), ours_loss)}
     if not args.no_hf:
         hf = make_hf("BertForPreTraining", config, device, ours.state_dict())
         models["transformers"] = (hf, configure_optimizer(hf, 1e-4, device_type=device.type), hf_loss)
-    print(f"pretraining step: {args.config}, seq {args.seq}, batch {args.batch}, {precision} on {device}, "
-          f"{'plain' if args.plain else 'fast'} path{', compiled' if args.compile else ''}; {args.steps} timed steps each, alternating")
+    print(
+        f"pretraining step: {args.config}, seq {args.seq}, batch {args.batch}, {precision} on {device}, "
+        f"{'plain' if args.plain else 'fast'} path{', compiled' if args.compile else ''}; {args.steps} timed steps each, alternating"
+    )
     rates, first = race(models, batches, lambda b: b["input_ids"].numel(), args, device, autocast)
     return report(rates, first, "pretrain")
 
@@ -191,21 +228,28 @@ def bench_finetune(args, device):
     ids = encode_reviews(sp, reviews, min(128, config.max_position_embeddings))
     lengths = np.array([len(x) for x in ids])
     order = length_batches(lengths, args.ft_batch, np.random.default_rng(args.seed))[: args.warmup + args.steps]
-    batches = [{k: v.to(device) for k, v in collate_reviews([ids[i] for i in idx], [labels[i] for i in idx]).items()} for idx in order]
+    batches = [
+        {k: v.to(device) for k, v in collate_reviews([ids[i] for i in idx], [labels[i] for i in idx]).items()}
+        for idx in order
+    ]
 
     def ours_loss(m, b):
         return F.cross_entropy(m(b["input_ids"], attention_mask=b["attention_mask"]).float(), b["labels"])
 
     def hf_loss(m, b):
-        return F.cross_entropy(m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float(), b["labels"])
+        return F.cross_entropy(
+            m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float(), b["labels"]
+        )
 
     ours = BertForSequenceClassification(config).to(device).train()
     models = {"ours": (maybe_compile(ours, args), configure_optimizer(ours, 5e-5, device_type=device.type), ours_loss)}
     if not args.no_hf:
         hf = make_hf("BertForSequenceClassification", config, device, ours.state_dict())
         models["transformers"] = (hf, configure_optimizer(hf, 5e-5, device_type=device.type), hf_loss)
-    print(f"fine-tuning step: {args.config}, NSMC reviews of {os.path.basename(args.reviews)} in length-bucketed batches of "
-          f"{args.ft_batch} (mean padded length {statistics.mean(b['input_ids'].size(1) for b in batches):.0f}), {precision} on {device}")
+    print(
+        f"fine-tuning step: {args.config}, NSMC reviews of {os.path.basename(args.reviews)} in length-bucketed batches of "
+        f"{args.ft_batch} (mean padded length {statistics.mean(b['input_ids'].size(1) for b in batches):.0f}), {precision} on {device}"
+    )
     rates, first = race(models, batches, lambda b: len(b["labels"]), args, device, autocast)
     med = report(rates, first, "finetune", "reviews/s")
     for name, r in med.items():
@@ -216,8 +260,19 @@ def bench_finetune(args, device):
 def bench_data(args):
     vocab, _ = prepare(args)
     with tempfile.TemporaryDirectory() as tmp:
-        out = run(["data.py", "--input", os.path.join(SAMPLE, "kowiki-sample.txt.xz"), "--vocab", vocab,
-                   "--output", os.path.join(tmp, "i.json"), "--n_seq", str(args.seq)])
+        out = run(
+            [
+                "data.py",
+                "--input",
+                os.path.join(SAMPLE, "kowiki-sample.txt.xz"),
+                "--vocab",
+                vocab,
+                "--output",
+                os.path.join(tmp, "i.json"),
+                "--n_seq",
+                str(args.seq),
+            ]
+        )
     print("data.py: " + [line for line in out.splitlines() if line.startswith("wrote")][-1])
 
 
@@ -227,7 +282,9 @@ def peak_rss_mb(cmd):
     _, status, usage = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode:
-        raise UserError(f"`python {' '.join(cmd)}` failed: {(p.stderr.read().decode().strip().splitlines() or ['?'])[-1]}")
+        raise UserError(
+            f"`python {' '.join(cmd)}` failed: {(p.stderr.read().decode().strip().splitlines() or ['?'])[-1]}"
+        )
     return usage.ru_maxrss / 1024
 
 
@@ -244,11 +301,31 @@ def bench_memory(args):
     for path in (inst, big):
         store = PretrainStore(path)  # builds the memory-mapped cache now, so the run below only trains
         with tempfile.TemporaryDirectory() as tmp:
-            rss[path] = peak_rss_mb(["pretrain.py", "--config", args.config, "--vocab", vocab, "--input", path,
-                                     "--save", os.path.join(tmp, "p.pth"), "--log_dir", tmp, "--batch", str(args.batch),
-                                     "--max_steps", str(args.steps), "--epoch", "1"])
-        print(f"memory: pretrain.py, {len(store):,} instances ({os.path.getsize(path) / 1e6:.0f} MB of JSON), "
-              f"{args.steps} steps of batch {args.batch}: peak RSS {rss[path]:.0f} MB")
+            rss[path] = peak_rss_mb(
+                [
+                    "pretrain.py",
+                    "--config",
+                    args.config,
+                    "--vocab",
+                    vocab,
+                    "--input",
+                    path,
+                    "--save",
+                    os.path.join(tmp, "p.pth"),
+                    "--log_dir",
+                    tmp,
+                    "--batch",
+                    str(args.batch),
+                    "--max_steps",
+                    str(args.steps),
+                    "--epoch",
+                    "1",
+                ]
+            )
+        print(
+            f"memory: pretrain.py, {len(store):,} instances ({os.path.getsize(path) / 1e6:.0f} MB of JSON), "
+            f"{args.steps} steps of batch {args.batch}: peak RSS {rss[path]:.0f} MB"
+        )
     a, b = rss.values()
     print(f"memory: 10x the instances -> {b / a:.2f}x the peak RSS")
 
@@ -270,7 +347,7 @@ def bench_curve(args, device):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
         sums, rows, t0 = torch.zeros(2), [], time.perf_counter()
         for step in range(args.curve_steps):
-            idx = order[(step * args.batch) % len(order):][: args.batch]
+            idx = order[(step * args.batch) % len(order) :][: args.batch]
             b = {k: v.to(device) for k, v in collate_pretrain([store[int(i)] for i in idx]).items()}
             with autocast:
                 mlm, nsp = m(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["mask_pos"])
@@ -288,7 +365,9 @@ def bench_curve(args, device):
         curves[path] = rows
         print(f"curve {path}: {args.curve_steps} steps in {time.perf_counter() - t0:.0f} s")
     ours_model.FAST = not args.plain
-    print(f"curve: {args.config}, batch {args.batch}, {precision} on {device}, lr 5e-4 (20 warmup steps); mean loss per {every} steps")
+    print(
+        f"curve: {args.config}, batch {args.batch}, {precision} on {device}, lr 5e-4 (20 warmup steps); mean loss per {every} steps"
+    )
     print("| steps | MLM loss fast | MLM loss plain | NSP loss fast | NSP loss plain |")
     print("|---|---|---|---|---|")
     for i, (f, p) in enumerate(zip(curves["fast"], curves["plain"])):
@@ -313,8 +392,10 @@ def main(argv=None):
     if args.task in ("pretrain", "all"):
         med = bench_pretrain(args, device)
         if "transformers" in med:
-            print(f"speedup vs transformers: {med['ours'] / med['transformers']:.2f}x "
-                  f"(ours {med['ours']:,.0f} tok/s, transformers {med['transformers']:,.0f} tok/s)")
+            print(
+                f"speedup vs transformers: {med['ours'] / med['transformers']:.2f}x "
+                f"(ours {med['ours']:,.0f} tok/s, transformers {med['transformers']:,.0f} tok/s)"
+            )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ a temporary file, flushed and fsynced, then renamed over the old one.
 pytorch_model.bin, as `save_pretrained` or export.py write it) into the same dict shape, so every
 script that takes a checkpoint takes such a directory too.
 """
+
 import io
 import json
 import os
@@ -21,8 +22,17 @@ from errors import UserError, require_file
 from model import BertConfig, BertForPreTraining
 
 # config fields that change the shape or the function of the weights
-ARCH_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-               "max_position_embeddings", "type_vocab_size", "hidden_act", "layer_norm_eps")
+ARCH_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "hidden_act",
+    "layer_norm_eps",
+)
 
 
 _saves = 0
@@ -56,9 +66,22 @@ def save_checkpoint(path, state):
 
 
 # Hugging Face config values our model does not compute, with the one value it does
-HF_ONLY = {"model_type": "bert", "hidden_act": "gelu", "position_embedding_type": "absolute", "is_decoder": False,
-           "add_cross_attention": False, "tie_word_embeddings": True}
-UNREADABLE = (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile)  # truncated or foreign
+HF_ONLY = {
+    "model_type": "bert",
+    "hidden_act": "gelu",
+    "position_embedding_type": "absolute",
+    "is_decoder": False,
+    "add_cross_attention": False,
+    "tie_word_embeddings": True,
+}
+UNREADABLE = (
+    RuntimeError,
+    EOFError,
+    OSError,
+    ValueError,
+    pickle.UnpicklingError,
+    zipfile.BadZipFile,
+)  # truncated or foreign
 
 
 def load_checkpoint(path, how="run `python pretrain.py` to make one"):
@@ -108,7 +131,9 @@ def load_hf_dir(path):
             raise UserError(f"{config_path} has {name}={hf[name]!r}; our BERT computes only {name}={ours!r}")
     weights = {}
     for k, v in read_hf_weights(path).items():
-        k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")  # pre-2019 names
+        k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
+            "LayerNorm.beta", "LayerNorm.bias"
+        )  # pre-2019 names
         if k.startswith(("embeddings.", "encoder.", "pooler.")):
             k = "bert." + k  # saved from a bare BertModel
         weights[k] = v.float() if v.is_floating_point() else v
@@ -124,7 +149,10 @@ def load_hf_dir(path):
         weights.setdefault("cls.predictions.bias", weights.get("cls.predictions.decoder.bias"))
         weights.setdefault("cls.predictions.decoder.bias", weights["cls.predictions.bias"])
     if "classifier.weight" in weights and len(weights["classifier.weight"]) != 2:
-        del weights["classifier.weight"], weights["classifier.bias"]  # not our 2 labels: train.py starts a new classifier
+        del (
+            weights["classifier.weight"],
+            weights["classifier.bias"],
+        )  # not our 2 labels: train.py starts a new classifier
 
     with torch.device("meta"):  # names and shapes only, no memory
         ours = {k: v.shape for k, v in BertForPreTraining(config).state_dict().items()}
@@ -147,9 +175,13 @@ def check_config(state, config, path, config_path=None):
         a, b = getattr(saved, name), getattr(config, name)
         if a != b:
             if name == "vocab_size":
-                raise UserError(f"{path} was trained with a vocabulary of {a} pieces but the vocab file has {b}; pass the --vocab it was trained with")
+                raise UserError(
+                    f"{path} was trained with a vocabulary of {a} pieces but the vocab file has {b}; pass the --vocab it was trained with"
+                )
             where = f" in {config_path}" if config_path else ""
-            raise UserError(f"{path} has {name}={a} but the config{where} has {name}={b}; pass the --config it was trained with")
+            raise UserError(
+                f"{path} has {name}={a} but the config{where} has {name}={b}; pass the --config it was trained with"
+            )
 
 
 def encoder_weights(state):

@@ -13,6 +13,7 @@ The format is detected per file: WikiExtractor when its first non-empty line sta
         for paragraph in doc:
             sentences = split_sentences(paragraph)
 """
+
 import bz2
 import gzip
 import io
@@ -34,8 +35,12 @@ HEADING_MAX_CHARS = 30
 
 
 def is_heading(line):
-    return (len(line) <= HEADING_MAX_CHARS and line.endswith(".") and not line.endswith("다.")
-            and not any(c in line[:-1] for c in ".!?"))
+    return (
+        len(line) <= HEADING_MAX_CHARS
+        and line.endswith(".")
+        and not line.endswith("다.")
+        and not any(c in line[:-1] for c in ".!?")
+    )
 
 
 # Heuristic sentence split: after '.', '!' or '?' (and any closing quotes/brackets right after
@@ -53,8 +58,9 @@ def iter_documents(path):
     """Yield documents (lists of non-empty paragraph strings) from a file or directory."""
     # Checked here, not inside the generator, so a bad path fails at the call, before any work.
     if not os.path.exists(path):
-        raise UserError(f"{path} not found; run `python download.py` to fetch the corpus, "
-                        f"or use the sample in data/sample/")
+        raise UserError(
+            f"{path} not found; run `python download.py` to fetch the corpus, or use the sample in data/sample/"
+        )
     return _iter_documents(path)
 
 

@@ -26,6 +26,7 @@ The recipe is google-research/bert's create_pretraining_data.py, with these diff
     The original always makes it "not next", which pulls is_next to 45% on kowiki.
   - Whole-word masking decides [MASK] / random / unchanged once per word, not per piece.
 """
+
 import argparse
 import collections
 import itertools
@@ -57,8 +58,16 @@ class TrainingInstance:
     mask_label: list
 
     def to_json(self):
-        return json.dumps({"tokens": self.tokens, "segment": self.segment, "is_next": self.is_next,
-                           "mask_pos": self.mask_pos, "mask_label": self.mask_label}, separators=(",", ":"))
+        return json.dumps(
+            {
+                "tokens": self.tokens,
+                "segment": self.segment,
+                "is_next": self.is_next,
+                "mask_pos": self.mask_pos,
+                "mask_label": self.mask_label,
+            },
+            separators=(",", ":"),
+        )
 
 
 def word_starts(sp):
@@ -77,22 +86,34 @@ def tokenize_document(paragraphs, sp):
     return [ids for ids in sp.encode(sentences) if ids]
 
 
-def create_training_instances(all_documents, n_seq, dupe_factor, short_seq_prob, mask_prob, max_pred,
-                              vocab_size, is_word_start, rng):
+def create_training_instances(
+    all_documents, n_seq, dupe_factor, short_seq_prob, mask_prob, max_pred, vocab_size, is_word_start, rng
+):
     """Instances from tokenized documents (lists of sentences of ids), dupe_factor masked copies, shuffled."""
     all_documents = [doc for doc in all_documents if doc]
     instances = []
     for _ in range(dupe_factor):
         for document_index in range(len(all_documents)):
-            instances.extend(create_instances_from_document(
-                all_documents, document_index, n_seq, short_seq_prob, mask_prob, max_pred,
-                vocab_size, is_word_start, rng))
+            instances.extend(
+                create_instances_from_document(
+                    all_documents,
+                    document_index,
+                    n_seq,
+                    short_seq_prob,
+                    mask_prob,
+                    max_pred,
+                    vocab_size,
+                    is_word_start,
+                    rng,
+                )
+            )
     rng.shuffle(instances)
     return instances
 
 
-def create_instances_from_document(all_documents, document_index, n_seq, short_seq_prob, mask_prob, max_pred,
-                                   vocab_size, is_word_start, rng):
+def create_instances_from_document(
+    all_documents, document_index, n_seq, short_seq_prob, mask_prob, max_pred, vocab_size, is_word_start, rng
+):
     document = all_documents[document_index]
     max_num_tokens = n_seq - 3  # room for [CLS], [SEP], [SEP]
 
@@ -135,7 +156,8 @@ def create_instances_from_document(all_documents, document_index, n_seq, short_s
             tokens = [CLS_ID] + tokens_a + [SEP_ID] + tokens_b + [SEP_ID]
             segment = [0] * (len(tokens_a) + 2) + [1] * (len(tokens_b) + 1)
             tokens, mask_pos, mask_label = create_masked_lm_predictions(
-                tokens, mask_prob, max_pred, vocab_size, rng, is_word_start)
+                tokens, mask_prob, max_pred, vocab_size, rng, is_word_start
+            )
             instances.append(TrainingInstance(tokens, segment, is_next, mask_pos, mask_label))
             current_chunk, current_length = [], 0
             target_seq_length = draw_target()
@@ -159,7 +181,7 @@ def random_span(all_documents, document_index, target_length, rng):
         other = document_index  # a one-document chunk has nothing else to draw from
     document = all_documents[other]
     tokens = []
-    for sentence in document[rng.randrange(len(document)):]:
+    for sentence in document[rng.randrange(len(document)) :]:
         tokens.extend(sentence)
         if len(tokens) >= target_length:
             break
@@ -235,8 +257,16 @@ def process_chunk(job):
     all_documents = [tokenize_document(doc, worker["sp"]) for doc in documents]
     is_word_start = worker["is_word_start"]
     instances = create_training_instances(
-        all_documents, worker["n_seq"], worker["dupe_factor"], worker["short_seq_prob"], worker["mask_prob"],
-        worker["max_pred"], len(is_word_start), is_word_start, rng)
+        all_documents,
+        worker["n_seq"],
+        worker["dupe_factor"],
+        worker["short_seq_prob"],
+        worker["mask_prob"],
+        worker["max_pred"],
+        len(is_word_start),
+        is_word_start,
+        rng,
+    )
     n_bytes = sum(len(p.encode("utf-8")) + 1 for doc in documents for p in doc)
     return len(documents), n_bytes, len(instances), "".join(inst.to_json() + "\n" for inst in instances)
 
@@ -269,14 +299,19 @@ def main():
     parser.add_argument("--output", default="data/kowiki_bert.json")
     parser.add_argument("--n_seq", type=int, default=256, help="max tokens per instance, [CLS] and [SEP]s included")
     parser.add_argument("--mask_prob", type=float, default=0.15)
-    parser.add_argument("--max_pred", type=int, default=None, help="max masked tokens per instance "
-                        "(default: round(n_seq * mask_prob))")
+    parser.add_argument(
+        "--max_pred", type=int, default=None, help="max masked tokens per instance (default: round(n_seq * mask_prob))"
+    )
     parser.add_argument("--dupe_factor", type=int, default=1, help="differently masked copies of the data")
     parser.add_argument("--short_seq_prob", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
-    parser.add_argument("--chunk_docs", type=int, default=2000,
-                        help="documents per chunk (the unit of parallel work; changes the output)")
+    parser.add_argument(
+        "--chunk_docs",
+        type=int,
+        default=2000,
+        help="documents per chunk (the unit of parallel work; changes the output)",
+    )
     args = parser.parse_args()
     if args.max_pred is None:
         args.max_pred = max(1, round(args.n_seq * args.mask_prob))
@@ -292,8 +327,9 @@ def main():
     load_vocab(args.vocab)  # fail now, in one line, rather than inside every worker
     documents = iter_documents(args.input)
 
-    settings = {k: getattr(args, k)
-                for k in ("seed", "n_seq", "dupe_factor", "short_seq_prob", "mask_prob", "max_pred")}
+    settings = {
+        k: getattr(args, k) for k in ("seed", "n_seq", "dupe_factor", "short_seq_prob", "mask_prob", "max_pred")
+    }
     jobs = enumerate(chunked(documents, args.chunk_docs))
     if os.path.dirname(args.output):
         os.makedirs(os.path.dirname(args.output), exist_ok=True)
@@ -324,8 +360,10 @@ def main():
             os.remove(tmp)
     secs = time.time() - t0
     mb = n_bytes / 1e6
-    print(f"wrote {n_instances} instances from {n_docs} documents to {args.output}: "
-          f"{mb:.1f} MB of input text in {secs:.1f} s ({mb / secs:.2f} MB/s)")
+    print(
+        f"wrote {n_instances} instances from {n_docs} documents to {args.output}: "
+        f"{mb:.1f} MB of input text in {secs:.1f} s ({mb / secs:.2f} MB/s)"
+    )
 
 
 if __name__ == "__main__":

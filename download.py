@@ -9,6 +9,7 @@ The Wikipedia dump is parsed as a stream with mwparserfromhell and written in
 WikiExtractor's layout and format (<doc ...> blocks, ~1 MB files, 100 per folder),
 so corpus.py reads it exactly like the sample in data/sample/.
 """
+
 import argparse
 import bz2
 import http.client
@@ -39,8 +40,22 @@ DROP_LINK_NAMESPACES = {"file", "image", "media", "파일", "그림", "category"
 # Interlanguage links look like [[en:Title]] or [[zh-min-nan:Title]].
 LANG_PREFIX = re.compile(r"[a-z]{2,3}(-[a-z]+)*")
 # Tags whose text is not prose: references, tables, formulas, galleries, code.
-DROP_TAGS = {"ref", "references", "table", "gallery", "math", "chem", "ce", "timeline", "imagemap",
-             "score", "graph", "syntaxhighlight", "source", "templatestyles"}
+DROP_TAGS = {
+    "ref",
+    "references",
+    "table",
+    "gallery",
+    "math",
+    "chem",
+    "ce",
+    "timeline",
+    "imagemap",
+    "score",
+    "graph",
+    "syntaxhighlight",
+    "source",
+    "templatestyles",
+}
 LIST_MARKUP = {"*", "#", ";", ":"}
 LIST_LINE = "\x00"  # marks list items so they can be dropped after strip_code, as WikiExtractor does
 MAGIC_WORD = re.compile(r"__[A-Z가-힣]+__")  # __TOC__, __목차__: behavior switches, plain Text to the parser
@@ -65,15 +80,18 @@ def fetch(url, path, flag="--wiki_url", expect=None):
             with bar:
                 while chunk := resp.read(1 << 20):
                     if first and expect is not None and not chunk.startswith(expect):
-                        raise errors.UserError(f"{url} does not look like NSMC (first line is not "
-                                               f"{expect.decode()!r}); pass the raw-file base URL with {flag}")
+                        raise errors.UserError(
+                            f"{url} does not look like NSMC (first line is not "
+                            f"{expect.decode()!r}); pass the raw-file base URL with {flag}"
+                        )
                     first = False
                     f.write(chunk)
                     got += len(chunk)
                     bar.update(len(chunk))
         if total is not None and got != total:
-            raise errors.UserError(f"download of {url} stopped after {got} of {total} bytes; "
-                                   f"check your connection and run again")
+            raise errors.UserError(
+                f"download of {url} stopped after {got} of {total} bytes; check your connection and run again"
+            )
         if first and expect is not None:
             raise errors.UserError(f"{url} is empty; pass the raw-file base URL with {flag}")
     except BaseException as e:
@@ -202,8 +220,10 @@ def _read_pages(dump_path, raw):
         with bz2.open(raw) as xml:
             yield from pages(xml)
     except (OSError, EOFError, ET.ParseError) as e:
-        raise errors.UserError(f"{dump_path} is not a complete MediaWiki .xml.bz2 dump ({e}); "
-                               f"delete it or pass --force to download it again")
+        raise errors.UserError(
+            f"{dump_path} is not a complete MediaWiki .xml.bz2 dump ({e}); "
+            f"delete it or pass --force to download it again"
+        )
 
 
 def _docs(dump_path, max_articles, workers):
@@ -213,12 +233,16 @@ def _docs(dump_path, max_articles, workers):
     if workers > 1:  # workers ignore Ctrl-C so only the main process reports it
         pool = multiprocessing.Pool(workers, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
     try:
-        with open(dump_path, "rb") as f, tqdm.wrapattr(f, "read", total=os.path.getsize(dump_path), desc="kowiki",
-                                                       unit="B", unit_scale=True, unit_divisor=1024) as raw:
+        with (
+            open(dump_path, "rb") as f,
+            tqdm.wrapattr(
+                f, "read", total=os.path.getsize(dump_path), desc="kowiki", unit="B", unit_scale=True, unit_divisor=1024
+            ) as raw,
+        ):
             it = _read_pages(dump_path, raw)
             # Batches keep memory bounded: Pool.imap would read the whole dump ahead of the workers.
             for batch in iter(lambda: list(itertools.islice(it, 512)), []):
-                for doc in (pool.map(page_to_doc, batch) if pool else map(page_to_doc, batch)):
+                for doc in pool.map(page_to_doc, batch) if pool else map(page_to_doc, batch):
                     if doc is not None:
                         yield doc.encode("utf-8")
                         articles += 1

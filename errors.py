@@ -3,6 +3,7 @@
 Scripts raise UserError at the edge; `main_guard` prints it as `error: ...` and exits 2,
 so a user never sees a traceback for their own mistake. Internal bugs still raise.
 """
+
 import os
 import sys
 

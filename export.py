@@ -8,6 +8,7 @@ writes config.json, pytorch_model.bin, spiece.model (the SentencePiece model, co
 (how to tokenize as our scripts do). Load it with `BertForPreTraining.from_pretrained("hf_export")`;
 the way back is `python train.py --pretrain hf_export --config hf_export/config.json --vocab hf_export/spiece.model`.
 """
+
 import argparse
 import json
 import os
@@ -23,8 +24,14 @@ from vocab import CLS_ID, PAD_ID, SEP_ID, load_vocab
 def hf_config(config, classifier):
     """Hugging Face's config.json: our fields have its names already; add what it needs to pick the class."""
     arch = "BertForSequenceClassification" if classifier else "BertForPreTraining"
-    d = {"architectures": [arch], "model_type": "bert", **config.to_dict(),
-         "position_embedding_type": "absolute", "tie_word_embeddings": True, "dtype": "float32"}
+    d = {
+        "architectures": [arch],
+        "model_type": "bert",
+        **config.to_dict(),
+        "position_embedding_type": "absolute",
+        "tie_word_embeddings": True,
+        "dtype": "float32",
+    }
     if classifier:
         d["id2label"] = dict(enumerate(LABELS))
         d["label2id"] = {name: i for i, name in enumerate(LABELS)}
@@ -100,20 +107,38 @@ def main(argv=None):
     sp = load_vocab(args.vocab)
     vocab_size = BertConfig.from_dict(state["config"]).vocab_size
     if sp.get_piece_size() != vocab_size:
-        raise UserError(f"{args.pretrain} was trained with a vocabulary of {vocab_size} pieces but {args.vocab} "
-                        f"has {sp.get_piece_size()}; pass the --vocab it was trained with")
+        raise UserError(
+            f"{args.pretrain} was trained with a vocabulary of {vocab_size} pieces but {args.vocab} "
+            f"has {sp.get_piece_size()}; pass the --vocab it was trained with"
+        )
     d = export(state, args.output)
     shutil.copyfile(args.vocab, os.path.join(args.output, "spiece.model"))
     classifier = d["architectures"] == ["BertForSequenceClassification"]
     n_seq = state.get("n_seq", d["max_position_embeddings"])
     example = (EXAMPLE_CLASSIFIER if classifier else EXAMPLE_PRETRAIN).format(n_seq=n_seq)
-    n_seq_note = (f"It was fine-tuned on reviews cut to {n_seq} tokens; labels 0 = {LABELS[0]}, 1 = {LABELS[1]}." if classifier
-                  else f"At most {d['max_position_embeddings']} tokens.")
+    n_seq_note = (
+        f"It was fine-tuned on reviews cut to {n_seq} tokens; labels 0 = {LABELS[0]}, 1 = {LABELS[1]}."
+        if classifier
+        else f"At most {d['max_position_embeddings']} tokens."
+    )
     name = os.path.basename(os.path.normpath(args.output))
     with open(os.path.join(args.output, "README.md"), "w", encoding="utf-8") as f:
-        f.write(README.format(name=name, source=os.path.basename(args.pretrain), arch=d["architectures"][0],
-                              layers=d["num_hidden_layers"], hidden=d["hidden_size"], heads=d["num_attention_heads"],
-                              vocab=d["vocab_size"], cls=CLS_ID, sep=SEP_ID, pad=PAD_ID, n_seq_note=n_seq_note, example=example))
+        f.write(
+            README.format(
+                name=name,
+                source=os.path.basename(args.pretrain),
+                arch=d["architectures"][0],
+                layers=d["num_hidden_layers"],
+                hidden=d["hidden_size"],
+                heads=d["num_attention_heads"],
+                vocab=d["vocab_size"],
+                cls=CLS_ID,
+                sep=SEP_ID,
+                pad=PAD_ID,
+                n_seq_note=n_seq_note,
+                example=example,
+            )
+        )
     print(f"wrote {args.output}/: config.json, pytorch_model.bin, spiece.model, README.md ({d['architectures'][0]})")
 
 

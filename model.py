@@ -7,6 +7,7 @@ Names follow Hugging Face so a state dict crosses over without a mapping table:
 
 Shapes: B batch, T tokens, H hidden, nh heads, hs head size, P masked positions, V vocabulary.
 """
+
 import json
 import math
 from dataclasses import asdict, dataclass, fields
@@ -69,7 +70,7 @@ def dropout(x, p, training=True):
     if thr >= 65536:
         return x * 0.0
     n = x.numel()
-    bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device).view(torch.int16)[:n]
+    bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device).view(torch.int16)[:n]
     # int16 is uniform on [-32768, 32767]; 0/1 straight into x's dtype, as a bool mask costs ~4x more to apply
     keep = torch.ge(bits.view(x.shape), thr - 32768, out=torch.empty_like(x))
     return x * keep * (65536 / (65536 - thr))
@@ -98,14 +99,20 @@ class Embeddings(nn.Module):
     def forward(self, input_ids, token_type_ids):
         T = input_ids.size(1)
         position_ids = torch.arange(T, device=input_ids.device)
-        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
+        x = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings(position_ids)
+            + self.token_type_embeddings(token_type_ids)
+        )
         return self.dropout(self.LayerNorm(x))
 
 
 class SelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
-        assert config.hidden_size % config.num_attention_heads == 0, "hidden_size must be a multiple of num_attention_heads"
+        assert config.hidden_size % config.num_attention_heads == 0, (
+            "hidden_size must be a multiple of num_attention_heads"
+        )
         self.n_head = config.num_attention_heads
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
@@ -127,10 +134,14 @@ class SelfAttention(nn.Module):
             # the same math with our cheaper dropout on the attention probabilities
             att = (q * (1.0 / math.sqrt(hs))) @ k.transpose(-2, -1)  # (B, nh, T, T)
             if mask is not None:  # an additive (B, 1, 1, T) bias: cheaper than masked_fill on (B, nh, T, T)
-                att = att + torch.zeros(mask.shape, dtype=att.dtype, device=att.device).masked_fill_(~mask, torch.finfo(att.dtype).min)
+                att = att + torch.zeros(mask.shape, dtype=att.dtype, device=att.device).masked_fill_(
+                    ~mask, torch.finfo(att.dtype).min
+                )
             y = dropout(att.softmax(-1), self.dropout_p) @ v
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0
+            )
         return y.transpose(1, 2).reshape(B, T, H)
 
 
@@ -212,7 +223,9 @@ class Bert(nn.Module):
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None):
         B, T = input_ids.shape
-        assert T <= self.config.max_position_embeddings, f"sequence of {T} tokens exceeds {self.config.max_position_embeddings} positions"
+        assert T <= self.config.max_position_embeddings, (
+            f"sequence of {T} tokens exceeds {self.config.max_position_embeddings} positions"
+        )
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         mask = None

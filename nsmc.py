@@ -1,4 +1,5 @@
 """The Naver sentiment movie corpus (NSMC): reading its tab-separated files and batching reviews."""
+
 import csv
 
 import numpy as np
@@ -11,7 +12,9 @@ from vocab import CLS_ID, SEP_ID
 
 def read_nsmc(path):
     """-> (reviews, labels) from an NSMC file (`id<TAB>document<TAB>label`); empty reviews are kept as ''."""
-    require_file(path, "run `python download.py --what nsmc`, or use data/sample/ratings_train.txt and ratings_test.txt")
+    require_file(
+        path, "run `python download.py --what nsmc`, or use data/sample/ratings_train.txt and ratings_test.txt"
+    )
     try:
         df = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False, encoding="utf-8")
     except (pd.errors.ParserError, UnicodeDecodeError) as e:

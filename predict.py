@@ -6,6 +6,7 @@
 
 Prints one line per review: label (positive/negative), its probability, and the review.
 """
+
 import argparse
 
 import torch
@@ -23,11 +24,15 @@ def load_classifier(path, vocab_path):
     """-> (model in eval mode, sentencepiece processor, n_seq) from a train.py checkpoint."""
     state = load_checkpoint(path, "run `python train.py` to make it")
     if "classifier.weight" not in state["model"]:
-        raise UserError(f"{path} has no classifier: it is a pretraining checkpoint; fine-tune it with `python train.py --pretrain {path}`")
+        raise UserError(
+            f"{path} has no classifier: it is a pretraining checkpoint; fine-tune it with `python train.py --pretrain {path}`"
+        )
     sp = load_vocab(vocab_path)
     config = BertConfig.from_dict(state["config"])
     if config.vocab_size != sp.get_piece_size():
-        raise UserError(f"{path} was trained with a vocabulary of {config.vocab_size} pieces but {vocab_path} has {sp.get_piece_size()}; pass the --vocab it was trained with")
+        raise UserError(
+            f"{path} was trained with a vocabulary of {config.vocab_size} pieces but {vocab_path} has {sp.get_piece_size()}; pass the --vocab it was trained with"
+        )
     model = BertForSequenceClassification(config)
     model.load_state_dict(state["model"])
     return model.eval(), sp, state.get("n_seq", config.max_position_embeddings)

@@ -12,6 +12,7 @@ Saves model, optimizer, scheduler, grad scaler, RNG states and the position in t
 exactly there. SIGINT/SIGTERM save and exit. Logs MLM loss/accuracy and NSP accuracy to
 <log_dir>/log.csv and draws <log_dir>/loss.svg (rank 0 only).
 """
+
 import argparse
 import os
 import sys
@@ -54,32 +55,70 @@ def get_args(argv=None):
     p.add_argument("--vocab", default="kowiki.model", help="SentencePiece model from vocab.py")
     p.add_argument("--input", default="data/kowiki_bert.json", help="instances from data.py (JSON lines)")
     p.add_argument("--save", default="save_pretrain.pth", help="checkpoint to write, and to resume from when it exists")
-    p.add_argument("--pretrain", default=None, help="initial weights: a pretrain.py checkpoint or a Hugging Face BERT directory; "
-                   "ignored when resuming from --save")
+    p.add_argument(
+        "--pretrain",
+        default=None,
+        help="initial weights: a pretrain.py checkpoint or a Hugging Face BERT directory; "
+        "ignored when resuming from --save",
+    )
     p.add_argument("--epoch", type=int, default=3, help="train until this many epochs are done")
     p.add_argument("--batch", type=int, default=32, help="instances per process per micro-batch")
-    p.add_argument("--grad_accum", type=int, default=1, help="micro-batches per optimizer step (effective batch: batch x grad_accum x processes)")
+    p.add_argument(
+        "--grad_accum",
+        type=int,
+        default=1,
+        help="micro-batches per optimizer step (effective batch: batch x grad_accum x processes)",
+    )
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--warmup", type=float, default=0.01, help="warmup steps, as a fraction of all steps")
     p.add_argument("--weight_decay", type=float, default=0.01)
     p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
     p.add_argument("--max_steps", type=int, default=0, help="stop after this many optimizer steps in all (0: no limit)")
-    p.add_argument("--save_steps", type=int, default=0, help="also save every this many optimizer steps (0: at epoch ends only)")
-    p.add_argument("--keep_steps", default="", help="comma-separated steps whose weights are also kept, as SAVE_stepN.pth "
-                   "(for fine-tuning after N steps of one run)")
-    p.add_argument("--dynamic_mask", action="store_true", help="draw new masks for every instance in every epoch (RoBERTa) "
-                   "instead of using data.py's; data.py --dupe_factor 1 is then enough")
-    p.add_argument("--mask_prob", type=float, default=0.15, help="with --dynamic_mask: share of the tokens masked (at most "
-                   "round(longest instance x mask_prob) per instance, as data.py's default --max_pred)")
-    p.add_argument("--eval_input", default=None, help="held-out instances from data.py (other text than --input): masked-LM "
-                   "loss/accuracy and NSP accuracy on them go to <log_dir>/eval.csv")
-    p.add_argument("--eval_steps", type=int, default=0, help="evaluate every this many optimizer steps (0: at epoch ends "
-                   "and the last step only)")
-    p.add_argument("--max_bad_steps", type=int, default=5, help="stop after this many NaN/inf losses in a row (each is skipped)")
-    p.add_argument("--skip_bad_lines", action="store_true", help="train without the malformed lines of --input instead of stopping")
+    p.add_argument(
+        "--save_steps", type=int, default=0, help="also save every this many optimizer steps (0: at epoch ends only)"
+    )
+    p.add_argument(
+        "--keep_steps",
+        default="",
+        help="comma-separated steps whose weights are also kept, as SAVE_stepN.pth "
+        "(for fine-tuning after N steps of one run)",
+    )
+    p.add_argument(
+        "--dynamic_mask",
+        action="store_true",
+        help="draw new masks for every instance in every epoch (RoBERTa) "
+        "instead of using data.py's; data.py --dupe_factor 1 is then enough",
+    )
+    p.add_argument(
+        "--mask_prob",
+        type=float,
+        default=0.15,
+        help="with --dynamic_mask: share of the tokens masked (at most "
+        "round(longest instance x mask_prob) per instance, as data.py's default --max_pred)",
+    )
+    p.add_argument(
+        "--eval_input",
+        default=None,
+        help="held-out instances from data.py (other text than --input): masked-LM "
+        "loss/accuracy and NSP accuracy on them go to <log_dir>/eval.csv",
+    )
+    p.add_argument(
+        "--eval_steps",
+        type=int,
+        default=0,
+        help="evaluate every this many optimizer steps (0: at epoch ends and the last step only)",
+    )
+    p.add_argument(
+        "--max_bad_steps", type=int, default=5, help="stop after this many NaN/inf losses in a row (each is skipped)"
+    )
+    p.add_argument(
+        "--skip_bad_lines", action="store_true", help="train without the malformed lines of --input instead of stopping"
+    )
     p.add_argument("--gpu", type=int, default=None, help="CUDA device index; CPU when left out")
     p.add_argument("--fp32", action="store_true", help="turn off mixed precision")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: load in the training process)")
+    p.add_argument(
+        "--workers", type=int, default=0, help="DataLoader worker processes (0: load in the training process)"
+    )
     p.add_argument("--log_dir", default="runs/pretrain", help="where log.csv and loss.svg go")
     p.add_argument("--log_every", type=int, default=100, help="steps between log rows")
     p.add_argument("--seed", type=int, default=42)
@@ -104,11 +143,15 @@ def epoch_batches(n, seed, epoch, global_batch, min_size):
 def check_fits(store, path, config, config_path, vocab_path):
     """The instances of `store` (read from `path`) fit the model's positions and vocabulary, or a one-line error."""
     if store.max_len > config.max_position_embeddings:
-        raise UserError(f"{path} has instances of {store.max_len} tokens but {config_path} allows "
-                        f"{config.max_position_embeddings} positions; rebuild with `python data.py --n_seq {config.max_position_embeddings}`")
+        raise UserError(
+            f"{path} has instances of {store.max_len} tokens but {config_path} allows "
+            f"{config.max_position_embeddings} positions; rebuild with `python data.py --n_seq {config.max_position_embeddings}`"
+        )
     if store.max_id >= config.vocab_size:
-        raise UserError(f"{path} has token id {store.max_id} but {vocab_path} has {config.vocab_size} pieces; "
-                        "rebuild the instances with this vocab (`python data.py --vocab ...`)")
+        raise UserError(
+            f"{path} has token id {store.max_id} but {vocab_path} has {config.vocab_size} pieces; "
+            "rebuild the instances with this vocab (`python data.py --vocab ...`)"
+        )
     return store
 
 
@@ -116,7 +159,9 @@ def pretraining_losses(model, batch, autocast):
     """The summed masked-LM and NSP losses of a batch, and its counts for the logs (no gradient):
     [mlm loss, mlm correct, mlm targets, nsp loss, nsp correct, instances]."""
     with autocast:
-        mlm_logits, nsp_logits = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], batch["mask_pos"])
+        mlm_logits, nsp_logits = model(
+            batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], batch["mask_pos"]
+        )
     labels = batch["mask_label"]
     mlm_loss = F.cross_entropy(mlm_logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
     # NSP class 0 = "B follows A", 1 = "B is random", as in Google's BERT and Hugging Face
@@ -124,8 +169,16 @@ def pretraining_losses(model, batch, autocast):
     nsp_loss = F.cross_entropy(nsp_logits.float(), nsp_label, reduction="sum")
     with torch.no_grad():
         valid = labels != -100
-        counts = torch.stack([mlm_loss.detach(), ((mlm_logits.argmax(-1) == labels) & valid).sum(), valid.sum(), nsp_loss.detach(),
-                              (nsp_logits.argmax(-1) == nsp_label).sum(), torch.tensor(len(labels), device=labels.device)]).float()
+        counts = torch.stack(
+            [
+                mlm_loss.detach(),
+                ((mlm_logits.argmax(-1) == labels) & valid).sum(),
+                valid.sum(),
+                nsp_loss.detach(),
+                (nsp_logits.argmax(-1) == nsp_label).sum(),
+                torch.tensor(len(labels), device=labels.device),
+            ]
+        ).float()
     return mlm_loss, nsp_loss, counts
 
 
@@ -137,7 +190,11 @@ def evaluate(model, data, batch, device, autocast):
     for b in torch.utils.data.DataLoader(data, batch_size=batch, collate_fn=collate_pretrain):
         sums += pretraining_losses(model, {k: v.to(device) for k, v in b.items()}, autocast)[2].double().cpu()
     model.train()
-    return {"mlm_loss": (sums[0] / sums[2]).item(), "mlm_acc": (sums[1] / sums[2]).item(), "nsp_acc": (sums[4] / sums[5]).item()}
+    return {
+        "mlm_loss": (sums[0] / sums[2]).item(),
+        "mlm_acc": (sums[1] / sums[2]).item(),
+        "nsp_acc": (sums[4] / sums[5]).item(),
+    }
 
 
 def main(argv=None):
@@ -159,13 +216,20 @@ def main(argv=None):
 
     sp = load_vocab(args.vocab)
     config = BertConfig.from_json_file(args.config, vocab_size=sp.get_piece_size())
-    data = check_fits(rank0_first(lambda: PretrainStore(args.input, args.skip_bad_lines), rank, world),  # rank 0 builds the cache
-                      args.input, config, args.config, args.vocab)
+    data = check_fits(
+        rank0_first(lambda: PretrainStore(args.input, args.skip_bad_lines), rank, world),  # rank 0 builds the cache
+        args.input,
+        config,
+        args.config,
+        args.vocab,
+    )
     eval_data = None
     if args.eval_input and rank == 0:
         eval_data = check_fits(PretrainStore(args.eval_input), args.eval_input, config, args.config, args.vocab)
     if args.dynamic_mask:
-        data = DynamicMasking(data, word_starts(sp), args.mask_prob, max(1, round(data.max_len * args.mask_prob)), args.seed)
+        data = DynamicMasking(
+            data, word_starts(sp), args.mask_prob, max(1, round(data.max_len * args.mask_prob)), args.seed
+        )
 
     model = BertForPreTraining(config).to(device)
     if args.pretrain and not os.path.exists(args.save):
@@ -174,7 +238,9 @@ def main(argv=None):
         weights = {k: v for k, v in state["model"].items() if not k.startswith("classifier.")}
         missing, unexpected = model.load_state_dict(weights, strict=False)
         assert not unexpected and all(k.startswith("cls.") for k in missing), (missing, unexpected)
-        fresh = sorted({".".join(k.split(".")[:2]) for k in missing})  # heads a fine-tuned or BertModel checkpoint lacks
+        fresh = sorted(
+            {".".join(k.split(".")[:2]) for k in missing}
+        )  # heads a fine-tuned or BertModel checkpoint lacks
         log(f"starting from the weights of {args.pretrain}" + (f"; new random {', '.join(fresh)}" if fresh else ""))
     optimizer = configure_optimizer(model, args.lr, args.weight_decay, device_type=device.type)
     global_batch = args.batch * args.grad_accum * world  # instances per optimizer step, all processes together
@@ -198,16 +264,23 @@ def main(argv=None):
         # mid-epoch, the rest of the epoch's data order depends on these (global_batch: --batch x --grad_accum x processes)
         for name, value in {"global_batch": global_batch, "instances": len(data), "seed": args.seed}.items():
             if epoch_step and state.get(name) != value:
-                raise UserError(f"{args.save} stopped mid-epoch with {name}={state.get(name)} but this run has {name}={value}; "
-                                "resume with the same, or delete it to start afresh")
+                raise UserError(
+                    f"{args.save} stopped mid-epoch with {name}={state.get(name)} but this run has {name}={value}; "
+                    "resume with the same, or delete it to start afresh"
+                )
         restore_training(state, model, optimizer, scheduler, scaler)
-        log(f"resuming from {args.save}: {epoch} epochs, {step} steps done" + (f" ({epoch_step} into epoch {epoch + 1})" if epoch_step else ""))
+        log(
+            f"resuming from {args.save}: {epoch} epochs, {step} steps done"
+            + (f" ({epoch_step} into epoch {epoch + 1})" if epoch_step else "")
+        )
         if epoch >= args.epoch or (args.max_steps and step >= args.max_steps):
             log(f"nothing to do: {args.save} already has {epoch} epochs / {step} steps; raise --epoch to train more")
             return
-    log(f"model: {count_parameters(model) / 1e6:.1f}M parameters, {config.num_hidden_layers} layers, "
+    log(
+        f"model: {count_parameters(model) / 1e6:.1f}M parameters, {config.num_hidden_layers} layers, "
         f"hidden {config.hidden_size}; {len(data):,} instances; {precision} on {device}; {total_steps:,} steps of "
-        f"effective batch {global_batch} ({args.batch} x {args.grad_accum} micro-batches x {world} processes)")
+        f"effective batch {global_batch} ({args.batch} x {args.grad_accum} micro-batches x {world} processes)"
+    )
 
     log_csv, eval_csv = os.path.join(args.log_dir, "log.csv"), os.path.join(args.log_dir, "eval.csv")
     if master:
@@ -223,10 +296,24 @@ def main(argv=None):
     def save():
         states = gather_rng_states(world)  # every rank takes part; rank 0 writes
         if master:
-            save_checkpoint(args.save, {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                                        "epoch": epoch, "step": step, "epoch_step": epoch_step, "global_batch": global_batch,
-                                        "instances": len(data), "seed": args.seed, "rng": states, "config": config.to_dict(), "vocab_size": config.vocab_size})
+            save_checkpoint(
+                args.save,
+                {
+                    "model": raw_model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler else None,
+                    "epoch": epoch,
+                    "step": step,
+                    "epoch_step": epoch_step,
+                    "global_batch": global_batch,
+                    "instances": len(data),
+                    "seed": args.seed,
+                    "rng": states,
+                    "config": config.to_dict(),
+                    "vocab_size": config.vocab_size,
+                },
+            )
 
     if rng and len(rng) == world:
         set_rng_state(rng[rank])  # dropout goes on with the masks it would have drawn
@@ -235,7 +322,9 @@ def main(argv=None):
     stop = StopSignal()
     loader_gen = torch.Generator()  # the DataLoader seeds its workers from this, not from the RNG dropout uses
     model.train()
-    sums = torch.zeros(8, device=device)  # mlm loss, mlm correct, mlm count, nsp loss, nsp correct, instances, tokens, skipped
+    sums = torch.zeros(
+        8, device=device
+    )  # mlm loss, mlm correct, mlm count, nsp loss, nsp correct, instances, tokens, skipped
     bad_steps = 0
     t_start = t_log = time.time()
     try:
@@ -244,22 +333,43 @@ def main(argv=None):
             if args.dynamic_mask:
                 data.epoch = epoch  # before the DataLoader copies the dataset into its workers
             micro = [mb for b in batches[epoch_step:] for mb in split_step(b, rank, world, args.grad_accum)]
-            loader = torch.utils.data.DataLoader(data, batch_sampler=micro, collate_fn=collate_pretrain, num_workers=args.workers,
-                                                 pin_memory=device.type == "cuda", generator=loader_gen, worker_init_fn=ignore_sigint)
+            loader = torch.utils.data.DataLoader(
+                data,
+                batch_sampler=micro,
+                collate_fn=collate_pretrain,
+                num_workers=args.workers,
+                pin_memory=device.type == "cuda",
+                generator=loader_gen,
+                worker_init_fn=ignore_sigint,
+            )
             it = iter(loader)
-            bar = tqdm(zip(*[it] * args.grad_accum), desc=f"epoch {epoch + 1}/{args.epoch}", total=len(batches),
-                       initial=epoch_step, disable=not master)
+            bar = tqdm(
+                zip(*[it] * args.grad_accum),
+                desc=f"epoch {epoch + 1}/{args.epoch}",
+                total=len(batches),
+                initial=epoch_step,
+                disable=not master,
+            )
             for micro_batches in bar:  # the micro-batches of one optimizer step
                 # the step's instance and masked-token counts over all processes normalize the losses; the stop flag rides along
-                counts = torch.tensor([sum(int((b["mask_label"] != -100).sum()) for b in micro_batches),
-                                       sum(len(b["is_next"]) for b in micro_batches), stop.signum], dtype=torch.float64, device=device)
+                counts = torch.tensor(
+                    [
+                        sum(int((b["mask_label"] != -100).sum()) for b in micro_batches),
+                        sum(len(b["is_next"]) for b in micro_batches),
+                        stop.signum,
+                    ],
+                    dtype=torch.float64,
+                    device=device,
+                )
                 n_mask, n_inst, signaled = all_sum(counts, world).tolist()
                 if signaled:
                     stop.save_and_exit(save, args.save, step, log)
                 for k, batch in enumerate(micro_batches):
                     batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}
                     if world > 1:
-                        model.require_backward_grad_sync = k == args.grad_accum - 1  # DDP all-reduces on the last micro-batch only
+                        model.require_backward_grad_sync = (
+                            k == args.grad_accum - 1
+                        )  # DDP all-reduces on the last micro-batch only
                     mlm_loss, nsp_loss, counts = pretraining_losses(model, batch, autocast)
                     # means over the whole step (every process and micro-batch), so N processes x batch B x K micro-batches
                     # make the gradient of one process with batch N*B*K; DDP divides by the number of processes, hence * world
@@ -276,40 +386,74 @@ def main(argv=None):
                     log(f"step {step}: NaN/inf loss, step skipped ({bad_steps} in a row)", file=sys.stderr)
                     if bad_steps >= args.max_bad_steps:
                         # skipped steps leave the weights alone, so the last checkpoint holds good ones
-                        kept = f"{args.save} (step {torch.load(args.save, weights_only=True)['step']}) holds the last good weights" if os.path.exists(args.save) else "no checkpoint was written yet"
-                        raise UserError(f"stopped at step {step}: {bad_steps} NaN/inf losses in a row (--max_bad_steps); "
-                                        f"{kept}; lower --lr or check the data")
+                        kept = (
+                            f"{args.save} (step {torch.load(args.save, weights_only=True)['step']}) holds the last good weights"
+                            if os.path.exists(args.save)
+                            else "no checkpoint was written yet"
+                        )
+                        raise UserError(
+                            f"stopped at step {step}: {bad_steps} NaN/inf losses in a row (--max_bad_steps); "
+                            f"{kept}; lower --lr or check the data"
+                        )
                 last = epoch_step == len(batches)
                 at_max = bool(args.max_steps) and step >= args.max_steps
                 if step % args.log_every == 0 or last or at_max:
                     s = all_sum(sums.clone(), world).tolist()  # one host sync per log row, not per step
                     if master:
-                        row = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0], "mlm_loss": s[0] / max(1, s[2]),
-                               "mlm_acc": s[1] / max(1, s[2]), "nsp_loss": s[3] / s[5], "nsp_acc": s[4] / s[5],
-                               "tokens_per_s": s[6] / (time.time() - t_log), "skipped": int(s[7]), "elapsed_s": time.time() - t_start}
+                        row = {
+                            "epoch": epoch + 1,
+                            "step": step,
+                            "lr": scheduler.get_last_lr()[0],
+                            "mlm_loss": s[0] / max(1, s[2]),
+                            "mlm_acc": s[1] / max(1, s[2]),
+                            "nsp_loss": s[3] / s[5],
+                            "nsp_acc": s[4] / s[5],
+                            "tokens_per_s": s[6] / (time.time() - t_log),
+                            "skipped": int(s[7]),
+                            "elapsed_s": time.time() - t_start,
+                        }
                         append_csv(log_csv, row)
-                        bar.set_postfix(mlm_loss=f"{row['mlm_loss']:.3f}", mlm_acc=f"{row['mlm_acc']:.3f}", nsp_acc=f"{row['nsp_acc']:.3f}")
+                        bar.set_postfix(
+                            mlm_loss=f"{row['mlm_loss']:.3f}",
+                            mlm_acc=f"{row['mlm_acc']:.3f}",
+                            nsp_acc=f"{row['nsp_acc']:.3f}",
+                        )
                     sums.zero_()
                     t_log = time.time()
                 if eval_data is not None and (last or at_max or (args.eval_steps and step % args.eval_steps == 0)):
-                    row = {"epoch": epoch + 1, "step": step, **evaluate(raw_model, eval_data, args.batch, device, autocast)}
+                    row = {
+                        "epoch": epoch + 1,
+                        "step": step,
+                        **evaluate(raw_model, eval_data, args.batch, device, autocast),
+                    }
                     append_csv(eval_csv, row)
-                    tqdm.write(f"step {step}: held-out mlm_loss {row['mlm_loss']:.3f}, mlm_acc {row['mlm_acc']:.3f}, nsp_acc {row['nsp_acc']:.3f}")
+                    tqdm.write(
+                        f"step {step}: held-out mlm_loss {row['mlm_loss']:.3f}, mlm_acc {row['mlm_acc']:.3f}, nsp_acc {row['nsp_acc']:.3f}"
+                    )
                 if last:
                     epoch, epoch_step = epoch + 1, 0
                 if last or at_max or (args.save_steps and step % args.save_steps == 0):
                     save()
                 if step in keep_steps and master:
-                    save_checkpoint(kept_path(args.save, step), {"model": raw_model.state_dict(), "config": config.to_dict(),
-                                                                  "vocab_size": config.vocab_size, "step": step})
+                    save_checkpoint(
+                        kept_path(args.save, step),
+                        {
+                            "model": raw_model.state_dict(),
+                            "config": config.to_dict(),
+                            "vocab_size": config.vocab_size,
+                            "step": step,
+                        },
+                    )
                 if last and master:
                     plot_csv(log_csv, os.path.join(args.log_dir, "loss.svg"), "step", ["mlm_loss", "nsp_loss"], "loss")
                     print(f"epoch {epoch}: saved {args.save} (step {step}); log {log_csv}")
                 if at_max:
                     break
     except torch.OutOfMemoryError:
-        raise UserError(f"out of memory at step {step + 1} with --batch {args.batch}: lower --batch and raise --grad_accum "
-                        f"to keep the effective batch; {args.save} holds the last checkpoint") from None
+        raise UserError(
+            f"out of memory at step {step + 1} with --batch {args.batch}: lower --batch and raise --grad_accum "
+            f"to keep the effective batch; {args.save} holds the last checkpoint"
+        ) from None
     finally:
         stop.restore()
     finish_distributed(world)

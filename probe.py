@@ -11,6 +11,7 @@ that has learned only the unigram distribution scores the same on all three; one
 not order scores the same as is and shuffled. Classifier: test accuracy as is and with each review's
 pieces shuffled. Everything is seeded, so a rerun prints the same figures.
 """
+
 import argparse
 import random
 
@@ -69,7 +70,9 @@ class Probed(torch.utils.data.Dataset):
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pretrain", default=None, help="a pretrain.py checkpoint: probe its masked LM on --input")
-    p.add_argument("--input", default=None, help="held-out instances from data.py (text the model was not pretrained on)")
+    p.add_argument(
+        "--input", default=None, help="held-out instances from data.py (text the model was not pretrained on)"
+    )
     p.add_argument("--save", default=None, help="a train.py checkpoint: probe its test accuracy on --test")
     p.add_argument("--test", default="data/ratings_test.txt", help="NSMC test file (with --save)")
     p.add_argument("--vocab", default="kowiki.model", help="the SentencePiece model the checkpoint was trained with")
@@ -92,7 +95,9 @@ def load_model(path, cls, sp, hint):
     model = cls(config)
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     if unexpected or (missing and cls is BertForSequenceClassification):
-        raise UserError(f"{path} is not a {'pretrain.py' if cls is BertForPreTraining else 'train.py'} checkpoint; {hint}")
+        raise UserError(
+            f"{path} is not a {'pretrain.py' if cls is BertForPreTraining else 'train.py'} checkpoint; {hint}"
+        )
     return model
 
 

@@ -24,6 +24,7 @@ Writes OUT/results.csv (one line per fine-tuning run), OUT/results.md (the READM
 deviation over seeds), IMG/loss.svg and IMG/accuracy.svg. `--rows` runs some rows only; the table keeps the
 other rows' last results, so rows with different options can share it.
 """
+
 import argparse
 import contextlib
 import csv
@@ -49,22 +50,49 @@ def get_args(argv=None):
     p.add_argument("--img", default="img", help="where loss.svg and accuracy.svg go")
     p.add_argument("--config", default="config_half.json")
     p.add_argument("--vocab_size", type=int, default=8000)
-    p.add_argument("--vocab_text", choices=["wiki", "nsmc", "both"], default="wiki", help="what vocab.py learns the pieces "
-                   "from: the Wikipedia text, the NSMC training reviews, or both (one --out per choice)")
+    p.add_argument(
+        "--vocab_text",
+        choices=["wiki", "nsmc", "both"],
+        default="wiki",
+        help="what vocab.py learns the pieces "
+        "from: the Wikipedia text, the NSMC training reviews, or both (one --out per choice)",
+    )
     p.add_argument("--n_seq", type=int, default=128, help="pretraining instance length")
-    p.add_argument("--wiki_steps", default="400,800,1200", help="comma-separated pretraining steps on the Wikipedia text")
-    p.add_argument("--tapt_steps", type=int, default=1200, help="steps on the NSMC training reviews after the last wiki step (0: none)")
-    p.add_argument("--tapt_alone", action="store_true", help="also the row of --tapt_steps on NSMC text from random weights")
+    p.add_argument(
+        "--wiki_steps", default="400,800,1200", help="comma-separated pretraining steps on the Wikipedia text"
+    )
+    p.add_argument(
+        "--tapt_steps",
+        type=int,
+        default=1200,
+        help="steps on the NSMC training reviews after the last wiki step (0: none)",
+    )
+    p.add_argument(
+        "--tapt_alone", action="store_true", help="also the row of --tapt_steps on NSMC text from random weights"
+    )
     p.add_argument("--tapt_dupe", type=int, default=5, help="data.py --dupe_factor for the NSMC text")
-    p.add_argument("--tapt_doc", type=int, default=10, help="NSMC training reviews per data.py document (instances are cut "
-                   "from one document, so small documents leave short, padded instances)")
+    p.add_argument(
+        "--tapt_doc",
+        type=int,
+        default=10,
+        help="NSMC training reviews per data.py document (instances are cut "
+        "from one document, so small documents leave short, padded instances)",
+    )
     p.add_argument("--pretrain_batch", type=int, default=64)
     p.add_argument("--pretrain_lr", type=float, default=5e-4)
     p.add_argument("--pretrain_warmup", type=float, default=0.06)
-    p.add_argument("--pretrain_workers", type=int, default=0, help="pretrain.py --workers (DataLoader processes; a GPU "
-                   "outruns one process's masking and batching)")
-    p.add_argument("--dynamic_mask", action="store_true", help="pretrain.py --dynamic_mask: new masks in every epoch (for runs "
-                   "long enough to repeat the instances; then --tapt_dupe 1 is enough)")
+    p.add_argument(
+        "--pretrain_workers",
+        type=int,
+        default=0,
+        help="pretrain.py --workers (DataLoader processes; a GPU outruns one process's masking and batching)",
+    )
+    p.add_argument(
+        "--dynamic_mask",
+        action="store_true",
+        help="pretrain.py --dynamic_mask: new masks in every epoch (for runs "
+        "long enough to repeat the instances; then --tapt_dupe 1 is enough)",
+    )
     p.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
     p.add_argument("--seeds", default="42,43,44", help="fine-tuning seeds; mean and spread over them")
     p.add_argument("--lr", default="1e-4,3e-4", help="fine-tuning learning rates to choose from on validation")
@@ -72,12 +100,24 @@ def get_args(argv=None):
     p.add_argument("--epoch", type=int, default=2)
     p.add_argument("--patience", type=int, default=1, help="train.py --patience (early stopping on validation)")
     p.add_argument("--batch", default="64,128", help="fine-tuning batch sizes to choose from on validation")
-    p.add_argument("--sweep_reviews", type=int, default=20000, help="choose LR and batch on the first this many training reviews "
-                   "(their own validation share); 0: on the whole file with the first seed")
-    p.add_argument("--gpu", type=int, default=None, help="CUDA device for pretraining and fine-tuning (CPU when left out)")
+    p.add_argument(
+        "--sweep_reviews",
+        type=int,
+        default=20000,
+        help="choose LR and batch on the first this many training reviews "
+        "(their own validation share); 0: on the whole file with the first seed",
+    )
+    p.add_argument(
+        "--gpu", type=int, default=None, help="CUDA device for pretraining and fine-tuning (CPU when left out)"
+    )
     p.add_argument("--hardware", default=None, help="the hardware column (default: this machine's CPU)")
-    p.add_argument("--stop_after", choices=["data", "pretrain"], default=None, help="stop once the vocabulary and instances "
-                   "(data) or also the pretraining runs (pretrain) are done, e.g. to time steps or fine-tune seeds in parallel")
+    p.add_argument(
+        "--stop_after",
+        choices=["data", "pretrain"],
+        default=None,
+        help="stop once the vocabulary and instances "
+        "(data) or also the pretraining runs (pretrain) are done, e.g. to time steps or fine-tune seeds in parallel",
+    )
     return p.parse_args(argv)
 
 
@@ -97,7 +137,9 @@ def cpu_name():
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    return f"{os.cpu_count()}-core {line.split(':', 1)[1].strip()}" + (", bf16" if cpu_has_bf16() else "")
+                    return f"{os.cpu_count()}-core {line.split(':', 1)[1].strip()}" + (
+                        ", bf16" if cpu_has_bf16() else ""
+                    )
     except OSError:
         pass
     return f"{os.cpu_count()}-core {platform.processor() or 'CPU'}"
@@ -140,13 +182,25 @@ def finetune(cmd, prefix, row, lr, batch, seed):
     tag = f"{prefix}_lr{lr}_b{batch}_s{seed}"
     if not os.path.exists(f"{tag}/done"):
         os.makedirs(tag, exist_ok=True)
-        run([*cmd, "--lr", lr, "--batch", batch, "--seed", str(seed), "--save", f"{tag}.pth", "--log_dir", tag], f"{tag}/train.log")
+        run(
+            [*cmd, "--lr", lr, "--batch", batch, "--seed", str(seed), "--save", f"{tag}.pth", "--log_dir", tag],
+            f"{tag}/train.log",
+        )
         open(f"{tag}/done", "w").close()
     epochs = read_log(f"{tag}/log.csv")
     best = max(epochs, key=lambda r: float(r["valid_acc"]))  # the first best, as train.py keeps
-    return {**row, "lr": lr, "batch": int(batch), "seed": seed, "epochs_run": len(epochs), "best_epoch": int(best["epoch"]),
-            "train_loss": float(best["train_loss"]), "valid_acc": float(best["valid_acc"]), "test_acc": float(best["test_acc"]),
-            "finetune_s": round(float(epochs[-1]["elapsed_s"]))}
+    return {
+        **row,
+        "lr": lr,
+        "batch": int(batch),
+        "seed": seed,
+        "epochs_run": len(epochs),
+        "best_epoch": int(best["epoch"]),
+        "train_loss": float(best["train_loss"]),
+        "valid_acc": float(best["valid_acc"]),
+        "test_acc": float(best["test_acc"]),
+        "finetune_s": round(float(epochs[-1]["elapsed_s"])),
+    }
 
 
 def main(argv=None):
@@ -167,7 +221,10 @@ def main(argv=None):
         raise UserError(f"{out} holds {other[0]}.model, made with another --vocab_text; pass another --out")
     common = ["--config", args.config, "--vocab", vocab] + (["--gpu", str(args.gpu)] if args.gpu is not None else [])
 
-    wiki_data, tapt_data = f"{out}/wiki{args.n_seq}.json", f"{out}/nsmc{args.n_seq}_doc{args.tapt_doc}_dupe{args.tapt_dupe}.json"
+    wiki_data, tapt_data = (
+        f"{out}/wiki{args.n_seq}.json",
+        f"{out}/nsmc{args.n_seq}_doc{args.tapt_doc}_dupe{args.tapt_dupe}.json",
+    )
     # the pretraining runs: name -> (instances, steps, starting weights, weights kept at these steps)
     pretrain_runs = {}
     if wiki_steps:
@@ -179,12 +236,23 @@ def main(argv=None):
     # rows: name -> (pretraining description, checkpoint or None, [(pretraining run, steps of it)])
     rows = {"none": ("none", None, [])}
     for p in wiki_steps:
-        rows[f"wiki {p}"] = (f"wiki {p} steps", f"{out}/wiki.pth" if p == wiki_steps[-1] else f"{out}/wiki_step{p}.pth", [("wiki", p)])
+        rows[f"wiki {p}"] = (
+            f"wiki {p} steps",
+            f"{out}/wiki.pth" if p == wiki_steps[-1] else f"{out}/wiki_step{p}.pth",
+            [("wiki", p)],
+        )
     if "wiki+nsmc" in pretrain_runs:
-        rows[f"wiki {wiki_steps[-1]} + nsmc {args.tapt_steps}"] = (f"wiki {wiki_steps[-1]} + NSMC train text {args.tapt_steps} steps",
-                                                                   f"{out}/wiki+nsmc.pth", [("wiki", wiki_steps[-1]), ("wiki+nsmc", args.tapt_steps)])
+        rows[f"wiki {wiki_steps[-1]} + nsmc {args.tapt_steps}"] = (
+            f"wiki {wiki_steps[-1]} + NSMC train text {args.tapt_steps} steps",
+            f"{out}/wiki+nsmc.pth",
+            [("wiki", wiki_steps[-1]), ("wiki+nsmc", args.tapt_steps)],
+        )
     if "nsmc" in pretrain_runs:
-        rows[f"nsmc {args.tapt_steps}"] = (f"NSMC train text {args.tapt_steps} steps", f"{out}/nsmc.pth", [("nsmc", args.tapt_steps)])
+        rows[f"nsmc {args.tapt_steps}"] = (
+            f"NSMC train text {args.tapt_steps} steps",
+            f"{out}/nsmc.pth",
+            [("nsmc", args.tapt_steps)],
+        )
     all_rows = list(rows)
     if args.rows:
         wanted = [r.strip() for r in args.rows.split(",")]
@@ -199,13 +267,45 @@ def main(argv=None):
     if not os.path.exists(vocab):
         text = [args.wiki] if args.vocab_text != "nsmc" else []
         text += [nsmc_text(args.train, nsmc_txt, args.tapt_doc)] if args.vocab_text != "wiki" else []
-        run([py, "vocab.py", "--input", *text, "--prefix", prefix, "--vocab_size", str(args.vocab_size)], f"{out}/vocab.log")
+        run(
+            [py, "vocab.py", "--input", *text, "--prefix", prefix, "--vocab_size", str(args.vocab_size)],
+            f"{out}/vocab.log",
+        )
     if needed & {"wiki", "wiki+nsmc"} and not os.path.exists(wiki_data):
-        run([py, "data.py", "--input", args.wiki, "--vocab", vocab, "--output", wiki_data + ".part", "--n_seq", str(args.n_seq)], f"{out}/data_wiki.log")
+        run(
+            [
+                py,
+                "data.py",
+                "--input",
+                args.wiki,
+                "--vocab",
+                vocab,
+                "--output",
+                wiki_data + ".part",
+                "--n_seq",
+                str(args.n_seq),
+            ],
+            f"{out}/data_wiki.log",
+        )
         os.replace(wiki_data + ".part", wiki_data)
     if needed & {"wiki+nsmc", "nsmc"} and not os.path.exists(tapt_data):
-        run([py, "data.py", "--input", nsmc_text(args.train, nsmc_txt, args.tapt_doc), "--vocab", vocab, "--output", tapt_data + ".part",
-             "--n_seq", str(args.n_seq), "--dupe_factor", str(args.tapt_dupe)], f"{out}/data_nsmc.log")
+        run(
+            [
+                py,
+                "data.py",
+                "--input",
+                nsmc_text(args.train, nsmc_txt, args.tapt_doc),
+                "--vocab",
+                vocab,
+                "--output",
+                tapt_data + ".part",
+                "--n_seq",
+                str(args.n_seq),
+                "--dupe_factor",
+                str(args.tapt_dupe),
+            ],
+            f"{out}/data_nsmc.log",
+        )
         os.replace(tapt_data + ".part", tapt_data)
 
     if args.stop_after == "data":
@@ -219,9 +319,29 @@ def main(argv=None):
             continue
         save, log_dir = f"{out}/{name}.pth", f"{out}/pretrain_{name}"
         if not os.path.exists(f"{log_dir}/done"):
-            cmd = [py, "pretrain.py", *common, "--input", data, "--save", save, "--epoch", "1000", "--max_steps", str(steps),
-                   "--batch", str(args.pretrain_batch), "--lr", str(args.pretrain_lr), "--warmup", str(args.pretrain_warmup),
-                   "--log_dir", log_dir, "--seed", "42"]
+            cmd = [
+                py,
+                "pretrain.py",
+                *common,
+                "--input",
+                data,
+                "--save",
+                save,
+                "--epoch",
+                "1000",
+                "--max_steps",
+                str(steps),
+                "--batch",
+                str(args.pretrain_batch),
+                "--lr",
+                str(args.pretrain_lr),
+                "--warmup",
+                str(args.pretrain_warmup),
+                "--log_dir",
+                log_dir,
+                "--seed",
+                "42",
+            ]
             cmd += ["--pretrain", init] if init else []
             cmd += ["--dynamic_mask"] if args.dynamic_mask else []
             cmd += ["--workers", str(args.pretrain_workers)] if args.pretrain_workers else []
@@ -240,26 +360,52 @@ def main(argv=None):
         sweep_train = f"{out}/sweep{args.sweep_reviews}_train.txt"
         if not os.path.exists(sweep_train):
             with open(args.train, encoding="utf-8") as f, replacing(sweep_train, encoding="utf-8") as g:
-                g.writelines(line for _, line in zip(range(args.sweep_reviews + 1), f))  # the header and the first N reviews
+                g.writelines(
+                    line for _, line in zip(range(args.sweep_reviews + 1), f)
+                )  # the header and the first N reviews
     results = []
     for item, (desc, ckpt, runs) in rows.items():
         grid = [(lr, b) for lr in (args.lr_none if ckpt is None else args.lr).split(",") for b in args.batch.split(",")]
         prefix = f"{out}/ft/{item.replace(' ', '_')}"
-        row = {"item": item, "pretraining": desc, "pretrain_s": round(sum(elapsed[r][min(s for s in elapsed[r] if s >= p)] for r, p in runs)), "hardware": hardware}
-        cmd = [py, "train.py", *common, "--test", args.test, "--epoch", str(args.epoch), "--patience", str(args.patience)]
+        row = {
+            "item": item,
+            "pretraining": desc,
+            "pretrain_s": round(sum(elapsed[r][min(s for s in elapsed[r] if s >= p)] for r, p in runs)),
+            "hardware": hardware,
+        }
+        cmd = [
+            py,
+            "train.py",
+            *common,
+            "--test",
+            args.test,
+            "--epoch",
+            str(args.epoch),
+            "--patience",
+            str(args.patience),
+        ]
         cmd += ["--pretrain", ckpt] if ckpt else []
         full = [*cmd, "--train", args.train]
         if len(grid) > 1 and args.sweep_reviews:
-            tried = [finetune([*cmd, "--train", sweep_train], prefix + "_sweep", row, lr, b, seeds[0]) for lr, b in grid]
+            tried = [
+                finetune([*cmd, "--train", sweep_train], prefix + "_sweep", row, lr, b, seeds[0]) for lr, b in grid
+            ]
         else:
             tried = [finetune(full, prefix, row, lr, b, seeds[0]) for lr, b in grid]
         chosen = max(tried, key=lambda r: r["valid_acc"])
         for r in tried:
-            print(f"{item}: lr {r['lr']} batch {r['batch']}: valid {r['valid_acc']:.4f}" + (" (chosen)" if r is chosen else ""), flush=True)
+            print(
+                f"{item}: lr {r['lr']} batch {r['batch']}: valid {r['valid_acc']:.4f}"
+                + (" (chosen)" if r is chosen else ""),
+                flush=True,
+            )
         lr, b = chosen["lr"], str(chosen["batch"])
         results += [finetune(full, prefix, row, lr, b, s) for s in seeds]
-        for r in results[-len(seeds):]:
-            print(f"{item}: lr {lr} batch {b} seed {r['seed']}: epoch {r['best_epoch']}, test {r['test_acc']:.4f}", flush=True)
+        for r in results[-len(seeds) :]:
+            print(
+                f"{item}: lr {lr} batch {b} seed {r['seed']}: epoch {r['best_epoch']}, test {r['test_acc']:.4f}",
+                flush=True,
+            )
 
     # 4. the CSV (rows run before with other options are kept), the table and the plots
     path = f"{out}/results.csv"
@@ -280,10 +426,14 @@ def main(argv=None):
         summary.append((item, acc))
         epochs = "/".join(str(r["best_epoch"]) for r in rs)
         loss = np.mean([float(r["train_loss"]) for r in rs])
-        minutes = f"{float(rs[0]['pretrain_s']) / 60:.0f} min + {np.mean([float(r['finetune_s']) for r in rs]) / 60:.0f} min"
+        minutes = (
+            f"{float(rs[0]['pretrain_s']) / 60:.0f} min + {np.mean([float(r['finetune_s']) for r in rs]) / 60:.0f} min"
+        )
         spread = f" ± {acc.std(ddof=1):.4f}" if len(acc) > 1 else ""
-        lines.append(f"| {item} | {rs[0]['pretraining']} | {epochs} | {loss:.4f} | **{acc.mean():.4f}**{spread} "
-                     f"({len(acc)} seed{'s' if len(acc) > 1 else ''}; lr {rs[0]['lr']}, batch {rs[0]['batch']}) | {minutes} | {rs[0]['hardware']} |")
+        lines.append(
+            f"| {item} | {rs[0]['pretraining']} | {epochs} | {loss:.4f} | **{acc.mean():.4f}**{spread} "
+            f"({len(acc)} seed{'s' if len(acc) > 1 else ''}; lr {rs[0]['lr']}, batch {rs[0]['batch']}) | {minutes} | {rs[0]['hardware']} |"
+        )
     table = "\n".join(lines) + "\n"
     with open(f"{out}/results.md", "w") as f:
         f.write(table)
@@ -294,6 +444,7 @@ def main(argv=None):
 
 def plot(args, summary):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -301,8 +452,12 @@ def plot(args, summary):
     for name in ("wiki", "wiki+nsmc", "nsmc"):
         if os.path.exists(f"{args.out}/pretrain_{name}/done"):
             log = read_log(f"{args.out}/pretrain_{name}/log.csv")
-            start = int(read_log(f"{args.out}/pretrain_wiki/log.csv")[-1]["step"]) if name == "wiki+nsmc" else 0  # it goes on from wiki
-            ax.plot([start + int(r["step"]) for r in log], [float(r["mlm_loss"]) for r in log], label=f"{name}: MLM loss")
+            start = (
+                int(read_log(f"{args.out}/pretrain_wiki/log.csv")[-1]["step"]) if name == "wiki+nsmc" else 0
+            )  # it goes on from wiki
+            ax.plot(
+                [start + int(r["step"]) for r in log], [float(r["mlm_loss"]) for r in log], label=f"{name}: MLM loss"
+            )
     ax.set_xlabel("pretraining step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)

@@ -14,6 +14,7 @@ pretrain.py converts it, streaming, into flat binary arrays in `<input>.cache/`:
 
 Later runs memory-map the arrays: RAM use does not grow with the number of instances.
 """
+
 import contextlib
 import json
 import os
@@ -28,8 +29,15 @@ from tqdm import tqdm
 from data import create_masked_lm_predictions
 from errors import UserError, require_file
 
-ARRAYS = {"tokens": np.uint16, "tok_off": np.int64, "len_a": np.uint16, "is_next": np.uint8,
-          "mask_pos": np.uint16, "mask_label": np.uint16, "mask_off": np.int64}
+ARRAYS = {
+    "tokens": np.uint16,
+    "tok_off": np.int64,
+    "len_a": np.uint16,
+    "is_next": np.uint8,
+    "mask_pos": np.uint16,
+    "mask_label": np.uint16,
+    "mask_off": np.int64,
+}
 
 
 def source_stamp(path):
@@ -47,9 +55,13 @@ def parse_instance(line, path, lineno):
     except json.JSONDecodeError as e:
         raise UserError(f"{where}: malformed JSON ({e.msg}); rebuild it with `python data.py`") from None
     except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{where}: not a pretraining instance (bad or missing field {e}); rebuild it with `python data.py`") from None
+        raise UserError(
+            f"{where}: not a pretraining instance (bad or missing field {e}); rebuild it with `python data.py`"
+        ) from None
     if len(tokens) != len(segment) or len(mask_pos) != len(mask_label) or not tokens:
-        raise UserError(f"{where}: tokens/segment or mask_pos/mask_label lengths differ; rebuild it with `python data.py`")
+        raise UserError(
+            f"{where}: tokens/segment or mask_pos/mask_label lengths differ; rebuild it with `python data.py`"
+        )
     len_a = segment.index(1) if 1 in segment else len(segment)
     if any(s != (i >= len_a) for i, s in enumerate(segment)) or is_next not in (0, 1):
         raise UserError(f"{where}: segment ids must be 0s then 1s and is_next 0 or 1; rebuild it with `python data.py`")
@@ -121,7 +133,9 @@ def write_arrays(path, tmp, skip_bad_lines, flush_every):
     with contextlib.ExitStack() as stack:
         files = {name: stack.enter_context(open(os.path.join(tmp, f"{name}.bin"), "wb")) for name in ARRAYS}
         f = stack.enter_context(open(path, encoding="utf-8"))
-        with tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, desc=f"caching {os.path.basename(path)}") as bar:
+        with tqdm(
+            total=os.path.getsize(path), unit="B", unit_scale=True, desc=f"caching {os.path.basename(path)}"
+        ) as bar:
             for lineno, line in enumerate(f, 1):
                 bar.update(len(line.encode("utf-8")))
                 if not line.strip():
@@ -170,8 +184,10 @@ class PretrainStore(torch.utils.data.Dataset):
         self.arrays = None  # mapped lazily, so that DataLoader workers each open their own maps
 
     def _map(self):
-        self.arrays = {name: np.memmap(os.path.join(self.cache_dir, f"{name}.bin"), dtype=dtype, mode="r")
-                       for name, dtype in ARRAYS.items()}
+        self.arrays = {
+            name: np.memmap(os.path.join(self.cache_dir, f"{name}.bin"), dtype=dtype, mode="r")
+            for name, dtype in ARRAYS.items()
+        }
 
     def __len__(self):
         return self.n
@@ -182,8 +198,13 @@ class PretrainStore(torch.utils.data.Dataset):
         a = self.arrays
         t0, t1 = a["tok_off"][i], a["tok_off"][i + 1]
         m0, m1 = a["mask_off"][i], a["mask_off"][i + 1]
-        return (a["tokens"][t0:t1].astype(np.int64), int(a["len_a"][i]), int(a["is_next"][i]),
-                a["mask_pos"][m0:m1].astype(np.int64), a["mask_label"][m0:m1].astype(np.int64))
+        return (
+            a["tokens"][t0:t1].astype(np.int64),
+            int(a["len_a"][i]),
+            int(a["is_next"][i]),
+            a["mask_pos"][m0:m1].astype(np.int64),
+            a["mask_label"][m0:m1].astype(np.int64),
+        )
 
 
 class DynamicMasking(torch.utils.data.Dataset):
@@ -194,7 +215,13 @@ class DynamicMasking(torch.utils.data.Dataset):
     resumed run draws the same ones."""
 
     def __init__(self, data, is_word_start, mask_prob, max_pred, seed):
-        self.data, self.is_word_start, self.mask_prob, self.max_pred, self.seed = data, is_word_start, mask_prob, max_pred, seed
+        self.data, self.is_word_start, self.mask_prob, self.max_pred, self.seed = (
+            data,
+            is_word_start,
+            mask_prob,
+            max_pred,
+            seed,
+        )
         self.epoch = 0
 
     def __len__(self):
@@ -203,10 +230,19 @@ class DynamicMasking(torch.utils.data.Dataset):
     def __getitem__(self, i):
         tokens, len_a, is_next, pos, label = self.data[i]
         tokens[pos] = label  # the text as it was before data.py masked it
-        rng = random.Random(f"{self.seed}/{self.epoch}/{i}")  # a str seed is hashed with SHA-512: the same in every process
-        masked, pos, label = create_masked_lm_predictions(tokens.tolist(), self.mask_prob, self.max_pred,
-                                                          len(self.is_word_start), rng, self.is_word_start)
-        return np.array(masked, dtype=np.int64), len_a, is_next, np.array(pos, dtype=np.int64), np.array(label, dtype=np.int64)
+        rng = random.Random(
+            f"{self.seed}/{self.epoch}/{i}"
+        )  # a str seed is hashed with SHA-512: the same in every process
+        masked, pos, label = create_masked_lm_predictions(
+            tokens.tolist(), self.mask_prob, self.max_pred, len(self.is_word_start), rng, self.is_word_start
+        )
+        return (
+            np.array(masked, dtype=np.int64),
+            len_a,
+            is_next,
+            np.array(pos, dtype=np.int64),
+            np.array(label, dtype=np.int64),
+        )
 
 
 def collate_pretrain(batch):
@@ -228,5 +264,11 @@ def collate_pretrain(batch):
         mask_pos[i, :p] = torch.from_numpy(pos)
         mask_label[i, :p] = torch.from_numpy(label)
         is_next[i] = nxt
-    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask,
-            "mask_pos": mask_pos, "mask_label": mask_label, "is_next": is_next}
+    return {
+        "input_ids": input_ids,
+        "token_type_ids": token_type_ids,
+        "attention_mask": attention_mask,
+        "mask_pos": mask_pos,
+        "mask_label": mask_label,
+        "is_next": is_next,
+    }

@@ -14,6 +14,7 @@ The training state (model, optimizer, scheduler, RNG states, position in the dat
 so far) goes to --resume every --save_steps steps and every epoch; a run finds it there and goes on
 exactly where the last one stopped, and deletes it when it is done. SIGINT/SIGTERM save and exit.
 """
+
 import argparse
 import os
 import sys
@@ -58,17 +59,37 @@ def get_args(argv=None):
     p.add_argument("--save", default="save_best.pth", help="where the best-on-validation model goes")
     p.add_argument("--epoch", type=int, default=5)
     p.add_argument("--batch", type=int, default=128, help="reviews per process per micro-batch")
-    p.add_argument("--grad_accum", type=int, default=1, help="micro-batches per optimizer step (effective batch: batch x grad_accum x processes)")
+    p.add_argument(
+        "--grad_accum",
+        type=int,
+        default=1,
+        help="micro-batches per optimizer step (effective batch: batch x grad_accum x processes)",
+    )
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--warmup", type=float, default=0.1, help="warmup steps, as a fraction of all steps")
     p.add_argument("--weight_decay", type=float, default=0.01)
     p.add_argument("--clip", type=float, default=1.0)
-    p.add_argument("--n_seq", type=int, default=None, help="reviews are cut to this many tokens (default: 128 or the config's positions)")
-    p.add_argument("--resume", default=None, help="training state to write and to resume from (default: --save with .resume.pth)")
-    p.add_argument("--save_steps", type=int, default=0, help="also save the training state every this many optimizer steps")
-    p.add_argument("--max_bad_steps", type=int, default=5, help="stop after this many NaN/inf losses in a row (each is skipped)")
-    p.add_argument("--patience", type=int, default=0, help="early stopping: stop after this many epochs without a better "
-                   "validation accuracy (0: run all --epoch)")
+    p.add_argument(
+        "--n_seq",
+        type=int,
+        default=None,
+        help="reviews are cut to this many tokens (default: 128 or the config's positions)",
+    )
+    p.add_argument(
+        "--resume", default=None, help="training state to write and to resume from (default: --save with .resume.pth)"
+    )
+    p.add_argument(
+        "--save_steps", type=int, default=0, help="also save the training state every this many optimizer steps"
+    )
+    p.add_argument(
+        "--max_bad_steps", type=int, default=5, help="stop after this many NaN/inf losses in a row (each is skipped)"
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=0,
+        help="early stopping: stop after this many epochs without a better validation accuracy (0: run all --epoch)",
+    )
     p.add_argument("--valid", type=float, default=0.05, help="share of --train held out to pick the best epoch")
     p.add_argument("--gpu", type=int, default=None, help="CUDA device index; CPU when left out")
     p.add_argument("--fp32", action="store_true", help="turn off mixed precision")
@@ -85,10 +106,14 @@ def evaluate(model, ids, labels, batch, n_seq, device, autocast, rank=0, world=1
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, correct
     for i in range(rank * batch, len(order), batch * world):
         idx = order[i : i + batch]
-        b = {k: v.to(device) for k, v in collate_reviews([ids[j] for j in idx], [labels[j] for j in idx], n_seq).items()}
+        b = {
+            k: v.to(device) for k, v in collate_reviews([ids[j] for j in idx], [labels[j] for j in idx], n_seq).items()
+        }
         with autocast:
             logits = model(b["input_ids"], attention_mask=b["attention_mask"]).float()
-        sums += torch.stack([F.cross_entropy(logits, b["labels"], reduction="sum"), (logits.argmax(-1) == b["labels"]).sum()]).double()
+        sums += torch.stack(
+            [F.cross_entropy(logits, b["labels"], reduction="sum"), (logits.argmax(-1) == b["labels"]).sum()]
+        ).double()
     loss, correct = all_sum(sums, world).tolist()
     model.train()
     return loss / len(ids), correct / len(ids)
@@ -109,7 +134,9 @@ def main(argv=None):
     config = BertConfig.from_json_file(args.config, vocab_size=sp.get_piece_size())
     args.n_seq = args.n_seq or min(128, config.max_position_embeddings)
     if args.n_seq > config.max_position_embeddings:
-        raise UserError(f"--n_seq {args.n_seq} is above the {config.max_position_embeddings} positions of {args.config}")
+        raise UserError(
+            f"--n_seq {args.n_seq} is above the {config.max_position_embeddings} positions of {args.config}"
+        )
     model = BertForSequenceClassification(config)
     if args.pretrain:
         state = load_checkpoint(args.pretrain)
@@ -131,8 +158,10 @@ def main(argv=None):
     test_ids = encode_reviews(sp, test_reviews, args.n_seq)
     train_ids, train_labels = [ids[i] for i in train_idx], [labels[i] for i in train_idx]
     valid_ids, valid_labels = [ids[i] for i in valid_idx], [labels[i] for i in valid_idx]
-    log(f"model: {count_parameters(model) / 1e6:.1f}M parameters; {len(train_ids):,} train / {len(valid_ids):,} valid / "
-        f"{len(test_ids):,} test reviews; {precision} on {device}")
+    log(
+        f"model: {count_parameters(model) / 1e6:.1f}M parameters; {len(train_ids):,} train / {len(valid_ids):,} valid / "
+        f"{len(test_ids):,} test reviews; {precision} on {device}"
+    )
 
     lengths = np.array([len(x) for x in train_ids])
     global_batch = args.batch * args.grad_accum * world  # reviews per optimizer step, all processes together
@@ -141,19 +170,33 @@ def main(argv=None):
     def epoch_batches(epoch):
         """Length-bucketed global batches drawn from (seed, epoch) alone, so a resumed run draws them again;
         a batch too small to give every process and micro-batch a review is dropped."""
-        return [b for b in length_batches(lengths, global_batch, np.random.default_rng([args.seed, epoch])) if len(b) >= min_size]
+        return [
+            b
+            for b in length_batches(lengths, global_batch, np.random.default_rng([args.seed, epoch]))
+            if len(b) >= min_size
+        ]
 
     steps_per_epoch = len(epoch_batches(0))  # the count does not depend on the draw
     if steps_per_epoch == 0:
-        raise UserError(f"{args.train} leaves {len(train_ids)} training reviews, fewer than processes x --grad_accum ({min_size})")
+        raise UserError(
+            f"{args.train} leaves {len(train_ids)} training reviews, fewer than processes x --grad_accum ({min_size})"
+        )
     optimizer = configure_optimizer(model, args.lr, args.weight_decay, device_type=device.type)
     total_steps = steps_per_epoch * args.epoch
     warmup = max(1, int(args.warmup * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_warmup_decay(s, warmup, total_steps))
-    log(f"{total_steps:,} steps of effective batch {global_batch} ({args.batch} x {args.grad_accum} micro-batches x {world} processes)")
+    log(
+        f"{total_steps:,} steps of effective batch {global_batch} ({args.batch} x {args.grad_accum} micro-batches x {world} processes)"
+    )
 
     resume = args.resume or os.path.splitext(args.save)[0] + ".resume.pth"
-    epoch, step, epoch_step, best, rng = 0, 0, 0, None, None  # epochs done, optimizer steps done, steps into the current epoch
+    epoch, step, epoch_step, best, rng = (
+        0,
+        0,
+        0,
+        None,
+        None,
+    )  # epochs done, optimizer steps done, steps into the current epoch
     epoch_sums = torch.zeros(2, dtype=torch.float64, device=device)  # this epoch's training loss and reviews so far
     if os.path.exists(resume):
         state = load_checkpoint(resume, "delete it to start afresh")
@@ -165,13 +208,24 @@ def main(argv=None):
             fields["global_batch"] = global_batch  # the data order within an epoch depends on it
         for name, value in fields.items():
             if state[name] != value:
-                raise UserError(f"{resume} has {name}={state[name]} but this run has {name}={value}; "
-                                "run with the same options, or delete it to start afresh")
+                raise UserError(
+                    f"{resume} has {name}={state[name]} but this run has {name}={value}; "
+                    "run with the same options, or delete it to start afresh"
+                )
         restore_training(state, model, optimizer, scheduler, scaler)
-        epoch, step, epoch_step, best, rng = state["epoch"], state["step"], state["epoch_step"], state["best"], state["rng"]
+        epoch, step, epoch_step, best, rng = (
+            state["epoch"],
+            state["step"],
+            state["epoch_step"],
+            state["best"],
+            state["rng"],
+        )
         if master:  # the other ranks' sums start at 0: the epoch's total is their sum
             epoch_sums += state["epoch_sums"].to(device)
-        log(f"resuming from {resume}: {epoch} epochs, {step} steps done" + (f" ({epoch_step} into epoch {epoch + 1})" if epoch_step else ""))
+        log(
+            f"resuming from {resume}: {epoch} epochs, {step} steps done"
+            + (f" ({epoch_step} into epoch {epoch + 1})" if epoch_step else "")
+        )
 
     log_csv = os.path.join(args.log_dir, "log.csv")
     if master:
@@ -187,12 +241,28 @@ def main(argv=None):
         states = gather_rng_states(world)  # every rank takes part; rank 0 writes
         sums = all_sum(epoch_sums.clone(), world).cpu()
         if master:
-            save_checkpoint(resume, {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                                     "epoch": epoch, "step": step, "epoch_step": epoch_step, "global_batch": global_batch,
-                                     "epoch_sums": sums, "best": best, "rng": states, "n_seq": args.n_seq, "valid": args.valid,
-                                     "seed": args.seed, "train_reviews": len(train_ids), "config": config.to_dict(),
-                                     "vocab_size": config.vocab_size})
+            save_checkpoint(
+                resume,
+                {
+                    "model": raw_model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler else None,
+                    "epoch": epoch,
+                    "step": step,
+                    "epoch_step": epoch_step,
+                    "global_batch": global_batch,
+                    "epoch_sums": sums,
+                    "best": best,
+                    "rng": states,
+                    "n_seq": args.n_seq,
+                    "valid": args.valid,
+                    "seed": args.seed,
+                    "train_reviews": len(train_ids),
+                    "config": config.to_dict(),
+                    "vocab_size": config.vocab_size,
+                },
+            )
 
     if rng and len(rng) == world:
         set_rng_state(rng[rank])  # dropout goes on with the masks it would have drawn
@@ -205,23 +275,36 @@ def main(argv=None):
     try:
         while epoch < args.epoch:
             if args.patience and valid_ids and best and epoch - best["epoch"] >= args.patience:
-                log(f"early stop: no better validation accuracy in the {args.patience} epoch(s) after epoch {best['epoch']}")
+                log(
+                    f"early stop: no better validation accuracy in the {args.patience} epoch(s) after epoch {best['epoch']}"
+                )
                 break
             batches = epoch_batches(epoch)
-            bar = tqdm(batches[epoch_step:], desc=f"epoch {epoch + 1}/{args.epoch}", total=len(batches), initial=epoch_step,
-                       disable=not master)
+            bar = tqdm(
+                batches[epoch_step:],
+                desc=f"epoch {epoch + 1}/{args.epoch}",
+                total=len(batches),
+                initial=epoch_step,
+                disable=not master,
+            )
             for gb in bar:
-                micro = [collate_reviews([train_ids[i] for i in mb], [train_labels[i] for i in mb], args.n_seq)
-                         for mb in split_step(gb, rank, world, args.grad_accum)]
+                micro = [
+                    collate_reviews([train_ids[i] for i in mb], [train_labels[i] for i in mb], args.n_seq)
+                    for mb in split_step(gb, rank, world, args.grad_accum)
+                ]
                 # the step's review count over all processes normalizes the loss; the stop flag rides along
-                counts = torch.tensor([sum(len(b["labels"]) for b in micro), stop.signum], dtype=torch.float64, device=device)
+                counts = torch.tensor(
+                    [sum(len(b["labels"]) for b in micro), stop.signum], dtype=torch.float64, device=device
+                )
                 n_step, signaled = all_sum(counts, world).tolist()
                 if signaled:
                     stop.save_and_exit(save_state, resume, step, log)
                 for k, b in enumerate(micro):
                     b = {key: v.to(device, non_blocking=True) for key, v in b.items()}
                     if world > 1:
-                        model.require_backward_grad_sync = k == args.grad_accum - 1  # DDP all-reduces on the last micro-batch only
+                        model.require_backward_grad_sync = (
+                            k == args.grad_accum - 1
+                        )  # DDP all-reduces on the last micro-batch only
                     with autocast:
                         logits = model(b["input_ids"], attention_mask=b["attention_mask"])
                     loss_sum = F.cross_entropy(logits.float(), b["labels"], reduction="sum")
@@ -229,7 +312,9 @@ def main(argv=None):
                     # one process with batch N*B*K; DDP divides by the number of processes, hence * world
                     loss = loss_sum / n_step * world
                     (scaler.scale(loss) if scaler is not None else loss).backward()
-                    epoch_sums += torch.stack([loss_sum.detach().double(), torch.tensor(len(b["labels"]), dtype=torch.float64, device=device)])
+                    epoch_sums += torch.stack(
+                        [loss_sum.detach().double(), torch.tensor(len(b["labels"]), dtype=torch.float64, device=device)]
+                    )
                 ok = optimizer_step(model, optimizer, scheduler, scaler, args.clip)
                 step += 1
                 epoch_step += 1
@@ -238,42 +323,84 @@ def main(argv=None):
                     log(f"step {step}: NaN/inf loss, step skipped ({bad_steps} in a row)", file=sys.stderr)
                     if bad_steps >= args.max_bad_steps:
                         # skipped steps leave the weights alone, so the last checkpoint holds good ones
-                        kept = f"{resume} (step {torch.load(resume, weights_only=True)['step']}) holds the last good weights" if os.path.exists(resume) else "no training state was written yet"
-                        raise UserError(f"stopped at step {step}: {bad_steps} NaN/inf losses in a row (--max_bad_steps); "
-                                        f"{kept}; lower --lr or check the data")
+                        kept = (
+                            f"{resume} (step {torch.load(resume, weights_only=True)['step']}) holds the last good weights"
+                            if os.path.exists(resume)
+                            else "no training state was written yet"
+                        )
+                        raise UserError(
+                            f"stopped at step {step}: {bad_steps} NaN/inf losses in a row (--max_bad_steps); "
+                            f"{kept}; lower --lr or check the data"
+                        )
                 if args.save_steps and step % args.save_steps == 0 and epoch_step < len(batches):
                     save_state()
-            valid_loss, valid_acc = (evaluate(raw_model, valid_ids, valid_labels, args.batch * 2, args.n_seq, device, autocast, rank, world)
-                                     if valid_ids else (float("nan"), float("nan")))
-            test_loss, test_acc = evaluate(raw_model, test_ids, test_labels, args.batch * 2, args.n_seq, device, autocast, rank, world)
+            valid_loss, valid_acc = (
+                evaluate(raw_model, valid_ids, valid_labels, args.batch * 2, args.n_seq, device, autocast, rank, world)
+                if valid_ids
+                else (float("nan"), float("nan"))
+            )
+            test_loss, test_acc = evaluate(
+                raw_model, test_ids, test_labels, args.batch * 2, args.n_seq, device, autocast, rank, world
+            )
             loss_total, n = all_sum(epoch_sums.clone(), world).tolist()
             epoch, epoch_step = epoch + 1, 0
             epoch_sums.zero_()
-            row = {"epoch": epoch, "train_loss": loss_total / n, "valid_loss": valid_loss, "valid_acc": valid_acc,
-                   "test_loss": test_loss, "test_acc": test_acc, "elapsed_s": time.time() - t_start}
+            row = {
+                "epoch": epoch,
+                "train_loss": loss_total / n,
+                "valid_loss": valid_loss,
+                "valid_acc": valid_acc,
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                "elapsed_s": time.time() - t_start,
+            }
             # with no validation share, the last epoch is kept
             is_best = best is None or not valid_ids or valid_acc > best["valid_acc"]
             if is_best:
                 best = row
             if master:
                 append_csv(log_csv, row)
-                plot_csv(log_csv, os.path.join(args.log_dir, "loss.svg"), "epoch", ["train_loss", "valid_loss", "test_loss"], "loss")
-                plot_csv(log_csv, os.path.join(args.log_dir, "accuracy.svg"), "epoch", ["valid_acc", "test_acc"], "accuracy")
+                plot_csv(
+                    log_csv,
+                    os.path.join(args.log_dir, "loss.svg"),
+                    "epoch",
+                    ["train_loss", "valid_loss", "test_loss"],
+                    "loss",
+                )
+                plot_csv(
+                    log_csv, os.path.join(args.log_dir, "accuracy.svg"), "epoch", ["valid_acc", "test_acc"], "accuracy"
+                )
                 if is_best:
-                    save_checkpoint(args.save, {"model": raw_model.state_dict(), "config": config.to_dict(), "vocab_size": config.vocab_size,
-                                                "n_seq": args.n_seq, "epoch": epoch, "valid_acc": valid_acc, "test_acc": test_acc})
+                    save_checkpoint(
+                        args.save,
+                        {
+                            "model": raw_model.state_dict(),
+                            "config": config.to_dict(),
+                            "vocab_size": config.vocab_size,
+                            "n_seq": args.n_seq,
+                            "epoch": epoch,
+                            "valid_acc": valid_acc,
+                            "test_acc": test_acc,
+                        },
+                    )
             save_state()
-            log(f"epoch {epoch}: train loss {row['train_loss']:.4f}, valid acc {valid_acc:.4f}, test acc {test_acc:.4f}"
-                + (f" -> saved {args.save}" if is_best else ""))
+            log(
+                f"epoch {epoch}: train loss {row['train_loss']:.4f}, valid acc {valid_acc:.4f}, test acc {test_acc:.4f}"
+                + (f" -> saved {args.save}" if is_best else "")
+            )
     except torch.OutOfMemoryError:
-        raise UserError(f"out of memory at step {step + 1} with --batch {args.batch}: lower --batch and raise --grad_accum "
-                        f"to keep the effective batch; the training state in {resume} is kept") from None
+        raise UserError(
+            f"out of memory at step {step + 1} with --batch {args.batch}: lower --batch and raise --grad_accum "
+            f"to keep the effective batch; the training state in {resume} is kept"
+        ) from None
     finally:
         stop.restore()
     if master and os.path.exists(resume):
         os.remove(resume)  # done: --save holds the model, and running again starts afresh
-    log(f"best epoch {best['epoch']} (valid acc {best['valid_acc']:.4f}): test accuracy {best['test_acc']:.4f}; "
-        f"{time.time() - t_start:.0f} s; log {log_csv}")
+    log(
+        f"best epoch {best['epoch']} (valid acc {best['valid_acc']:.4f}): test accuracy {best['test_acc']:.4f}; "
+        f"{time.time() - t_start:.0f} s; log {log_csv}"
+    )
     finish_distributed(world)
 
 

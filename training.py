@@ -1,5 +1,6 @@
 """Pieces both training scripts share: device and precision choice, torchrun set-up, the optimizer step,
 RNG states for exact resume, the LR schedule, CSV logs and plots."""
+
 import contextlib
 import csv
 import os
@@ -64,7 +65,9 @@ def setup_distributed(gpu):
         return 0, 1, get_device(gpu)
     rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
     device = get_device(local_rank) if gpu is not None else torch.device("cpu")
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None
+    )
     return rank, world, device
 
 
@@ -124,7 +127,10 @@ class StopSignal:
         """Save, say so in one line and exit with 128 + the signal's number, as a shell does."""
         save()
         signum = self.signum or signal.SIGTERM
-        log(f"{signal.Signals(signum).name}: saved {path} at step {step}; run the same command to resume", file=sys.stderr)
+        log(
+            f"{signal.Signals(signum).name}: saved {path} at step {step}; run the same command to resume",
+            file=sys.stderr,
+        )
         sys.exit(128 + signum)
 
     def restore(self):
@@ -165,9 +171,13 @@ def get_rng_state():
     _, keys, pos, has_gauss, gauss = np.random.get_state()
     version, py_state, py_gauss = random.getstate()
     # CUDA: the current GPU's generator only (asking for all would start a CUDA context on every GPU in every process)
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
-            "numpy": torch.from_numpy(keys.astype(np.int64)), "numpy_rest": [int(pos), int(has_gauss), float(gauss)],
-            "python": [version, list(py_state), py_gauss]}
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
+        "numpy": torch.from_numpy(keys.astype(np.int64)),
+        "numpy_rest": [int(pos), int(has_gauss), float(gauss)],
+        "python": [version, list(py_state), py_gauss],
+    }
 
 
 def set_rng_state(state):
@@ -215,6 +225,7 @@ def append_csv(path, row):
 def plot_csv(csv_path, svg_path, x, ys, ylabel):
     """Draw columns `ys` of a CSV log against column `x` into an SVG."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import pandas as pd

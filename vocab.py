@@ -10,6 +10,7 @@ Ids 0..6 are fixed: [PAD] [UNK] [BOS] [EOS] [SEP] [CLS] [MASK].
 
 Other scripts: `from vocab import load_vocab, CLS_ID, SEP_ID, MASK_ID, N_SPECIAL`.
 """
+
 import argparse
 import os
 
@@ -36,8 +37,7 @@ def load_vocab(path):
         raise UserError(f"{path} is not a SentencePiece model; run `python vocab.py` to make one") from None
     found = [sp.id_to_piece(i) if i < sp.get_piece_size() else None for i in range(N_SPECIAL)]
     if found != SPECIAL_PIECES:
-        raise UserError(f"{path} has {found} at ids 0..6, expected {SPECIAL_PIECES}; "
-                        f"retrain it with `python vocab.py`")
+        raise UserError(f"{path} has {found} at ids 0..6, expected {SPECIAL_PIECES}; retrain it with `python vocab.py`")
     return sp
 
 
@@ -49,8 +49,17 @@ def iter_sentences(paths):
     return (s for documents in corpora for doc in documents for paragraph in doc for s in split_sentences(paragraph))
 
 
-def train_vocab(input_paths, prefix, vocab_size=8000, model_type="bpe", input_sentence_size=2_000_000,
-                character_coverage=0.9995, seed=42, num_threads=None, progress=False):
+def train_vocab(
+    input_paths,
+    prefix,
+    vocab_size=8000,
+    model_type="bpe",
+    input_sentence_size=2_000_000,
+    character_coverage=0.9995,
+    seed=42,
+    num_threads=None,
+    progress=False,
+):
     """Train `prefix`.model / `prefix`.vocab with vocab_size ordinary pieces + N_SPECIAL from one corpus path or a
     list of them; return the .model path."""
     sentences = iter_sentences(input_paths)
@@ -69,10 +78,14 @@ def train_vocab(input_paths, prefix, vocab_size=8000, model_type="bpe", input_se
             input_sentence_size=input_sentence_size,
             shuffle_input_sentence=True,
             num_threads=num_threads or os.cpu_count(),
-            pad_id=PAD_ID, pad_piece="[PAD]",
-            unk_id=UNK_ID, unk_piece="[UNK]",
-            bos_id=BOS_ID, bos_piece="[BOS]",
-            eos_id=EOS_ID, eos_piece="[EOS]",
+            pad_id=PAD_ID,
+            pad_piece="[PAD]",
+            unk_id=UNK_ID,
+            unk_piece="[UNK]",
+            bos_id=BOS_ID,
+            bos_piece="[BOS]",
+            eos_id=EOS_ID,
+            eos_piece="[EOS]",
             user_defined_symbols=SPECIAL_PIECES[SEP_ID:],  # [SEP] [CLS] [MASK] take ids 4, 5, 6
             minloglevel=1,  # its per-step INFO log is thousands of lines; warnings still show
         )
@@ -85,12 +98,18 @@ def train_vocab(input_paths, prefix, vocab_size=8000, model_type="bpe", input_se
 
 def main():
     parser = argparse.ArgumentParser(description="Train the SentencePiece vocabulary.")
-    parser.add_argument("--input", nargs="+", default=["data/kowiki"], help="corpus files or directories (see corpus.py)")
+    parser.add_argument(
+        "--input", nargs="+", default=["data/kowiki"], help="corpus files or directories (see corpus.py)"
+    )
     parser.add_argument("--prefix", default="kowiki", help="writes PREFIX.model and PREFIX.vocab")
     parser.add_argument("--vocab_size", type=int, default=8000, help="ordinary pieces; 7 special pieces come on top")
     parser.add_argument("--model_type", choices=["bpe", "unigram"], default="bpe")
-    parser.add_argument("--input_sentence_size", type=int, default=2_000_000,
-                        help="sentences sampled from the corpus for training (bounds memory)")
+    parser.add_argument(
+        "--input_sentence_size",
+        type=int,
+        default=2_000_000,
+        help="sentences sampled from the corpus for training (bounds memory)",
+    )
     parser.add_argument("--character_coverage", type=float, default=0.9995)
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
@@ -103,11 +122,20 @@ def main():
     if os.path.dirname(args.prefix):
         os.makedirs(os.path.dirname(args.prefix), exist_ok=True)
 
-    model = train_vocab(args.input, args.prefix, args.vocab_size, args.model_type, args.input_sentence_size,
-                        args.character_coverage, args.seed, progress=True)
+    model = train_vocab(
+        args.input,
+        args.prefix,
+        args.vocab_size,
+        args.model_type,
+        args.input_sentence_size,
+        args.character_coverage,
+        args.seed,
+        progress=True,
+    )
     sp = load_vocab(model)
-    print(f"{sp.get_piece_size()} pieces ({args.vocab_size} + {N_SPECIAL} special): "
-          f"wrote {model} and {args.prefix}.vocab")
+    print(
+        f"{sp.get_piece_size()} pieces ({args.vocab_size} + {N_SPECIAL} special): wrote {model} and {args.prefix}.vocab"
+    )
 
 
 if __name__ == "__main__":

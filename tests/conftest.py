@@ -28,6 +28,16 @@ def write_instances(path, n, seed=0):
             la, lb = rng.integers(3, 12, 2)
             tokens = [5, *rng.integers(7, 1007, la).tolist(), 4, *rng.integers(7, 1007, lb).tolist(), 4]
             pos = sorted(rng.choice(np.arange(1, len(tokens) - 1), 3, replace=False).tolist())
-            f.write(json.dumps({"tokens": tokens, "segment": [0] * int(la + 2) + [1] * int(lb + 1), "is_next": int(rng.integers(2)),
-                                "mask_pos": pos, "mask_label": rng.integers(7, 1007, 3).tolist()}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "tokens": tokens,
+                        "segment": [0] * int(la + 2) + [1] * int(lb + 1),
+                        "is_next": int(rng.integers(2)),
+                        "mask_pos": pos,
+                        "mask_label": rng.integers(7, 1007, 3).tolist(),
+                    }
+                )
+                + "\n"
+            )
     return str(path)

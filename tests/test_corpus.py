@@ -27,8 +27,10 @@ WIKI = """<doc id="5" url="https://ko.wikipedia.org/wiki?curid=5" title="지미 
 수학은 학문이다.
 </doc>
 """
-WIKI_DOCS = [["지미 카터는 미국의 대통령이다. 그는 조지아주에서 태어났다.", "그는 땅콩 농부였다."],
-             ["수학은 학문이다."]]
+WIKI_DOCS = [
+    ["지미 카터는 미국의 대통령이다. 그는 조지아주에서 태어났다.", "그는 땅콩 농부였다."],
+    ["수학은 학문이다."],
+]
 
 PLAIN = """
 
@@ -117,18 +119,30 @@ def test_unreadable_files_are_user_errors(tmp_path):
 
 def test_split_sentences():
     assert split_sentences('그는 "안녕." 이라고 말했다. 정말? 응! (괄호 안.) 끝') == [
-        '그는 "안녕."', "이라고 말했다.", "정말?", "응!", "(괄호 안.)", "끝"]
+        '그는 "안녕."',
+        "이라고 말했다.",
+        "정말?",
+        "응!",
+        "(괄호 안.)",
+        "끝",
+    ]
     assert split_sentences("5.17 쿠데타와 3.14는 나뉘지 않는다.") == ["5.17 쿠데타와 3.14는 나뉘지 않는다."]
     assert split_sentences("  한 문장.  ") == ["한 문장."]
     assert split_sentences("") == []
 
 
-@pytest.mark.parametrize("line,heading", [
-    ("생애.", True), ("어린 시절.", True), ("원자(原子)와 원소(元素).", True),
-    ("그는 1924년에 태어났다.", False),  # short, but a sentence
-    ("대한민국과의 관계", False),  # no '.', kept (a harmless short paragraph)
-    ("1.5 버전.", False), ("무엇인가? 그것.", False),
-    ("이것은 서른 글자를 훨씬 넘는 아주 긴 줄이라서 제목이 될 수 없음.", False),
-])
+@pytest.mark.parametrize(
+    "line,heading",
+    [
+        ("생애.", True),
+        ("어린 시절.", True),
+        ("원자(原子)와 원소(元素).", True),
+        ("그는 1924년에 태어났다.", False),  # short, but a sentence
+        ("대한민국과의 관계", False),  # no '.', kept (a harmless short paragraph)
+        ("1.5 버전.", False),
+        ("무엇인가? 그것.", False),
+        ("이것은 서른 글자를 훨씬 넘는 아주 긴 줄이라서 제목이 될 수 없음.", False),
+    ],
+)
 def test_is_heading(line, heading):
     assert is_heading(line) == heading

@@ -32,8 +32,9 @@ def sample_ids(sp):
 
 @pytest.fixture(scope="module")
 def instances(sample_ids, is_word_start):
-    return data.create_training_instances(sample_ids, N_SEQ, 1, 0.1, MASK_PROB, MAX_PRED,
-                                          len(is_word_start), is_word_start, random.Random(1))
+    return data.create_training_instances(
+        sample_ids, N_SEQ, 1, 0.1, MASK_PROB, MAX_PRED, len(is_word_start), is_word_start, random.Random(1)
+    )
 
 
 def unmasked(inst):
@@ -118,7 +119,7 @@ def test_labels_and_segments_come_from_the_text(instances, sample_ids):
         tokens = unmasked(inst)
         sep = tokens.index(SEP_ID)
         a = " " + " ".join(map(str, tokens[1:sep])) + " "
-        b = " " + " ".join(map(str, tokens[sep + 1:-1])) + " "
+        b = " " + " ".join(map(str, tokens[sep + 1 : -1])) + " "
         home = [d for d in docs if a in d]
         assert home, "A is not consecutive text of any document"
         if inst.is_next:
@@ -153,15 +154,14 @@ def test_one_sentence_documents_get_a_true_next_half_the_time(is_word_start):
     # Wikipedia has many one-sentence stubs; a true B for them is the sentence's second half.
     rng = random.Random(0)
     docs = [[[rng.randrange(N_SPECIAL, len(is_word_start)) for _ in range(12)]] for _ in range(400)]
-    instances = data.create_training_instances(docs, 64, 1, 0.0, MASK_PROB, 10, len(is_word_start),
-                                               is_word_start, rng)
+    instances = data.create_training_instances(docs, 64, 1, 0.0, MASK_PROB, 10, len(is_word_start), is_word_start, rng)
     assert abs(sum(inst.is_next for inst in instances) / len(instances) - 0.5) < 0.08
     sentences = {tuple(doc[0]) for doc in docs}
     for inst in instances:
         tokens = unmasked(inst)
         sep = tokens.index(SEP_ID)
         if inst.is_next:
-            assert tuple(tokens[1:sep] + tokens[sep + 1:-1]) in sentences
+            assert tuple(tokens[1:sep] + tokens[sep + 1 : -1]) in sentences
             assert is_word_start[tokens[sep + 1]] or not any(is_word_start[t] for t in tokens[2:-1])
 
 
@@ -170,14 +170,13 @@ def test_every_sentence_is_used(is_word_start):
     rng = random.Random(0)
     ids = iter(range(N_SPECIAL, len(is_word_start)))
     docs = [[[next(ids) for _ in range(5)] for _ in range(12)] for _ in range(10)]
-    instances = data.create_training_instances(docs, 64, 1, 0.0, MASK_PROB, 10, len(is_word_start),
-                                               is_word_start, rng)
+    instances = data.create_training_instances(docs, 64, 1, 0.0, MASK_PROB, 10, len(is_word_start), is_word_start, rng)
     assert {inst.is_next for inst in instances} == {0, 1}
     seen = set()
     for inst in instances:
         tokens = unmasked(inst)
         sep = tokens.index(SEP_ID)
-        seen.update(tokens[1:sep] if not inst.is_next else tokens[1:sep] + tokens[sep + 1:-1])
+        seen.update(tokens[1:sep] if not inst.is_next else tokens[1:sep] + tokens[sep + 1 : -1])
     for doc in docs:
         for sentence in doc:
             assert seen & set(sentence), sentence
@@ -204,8 +203,13 @@ def test_literal_specials_in_text_are_removed(sp):
 def test_seeded(sample_ids, is_word_start):
     def make(seed):
         rng = random.Random(seed)
-        return [i.to_json() for i in data.create_training_instances(
-            sample_ids[:40], N_SEQ, 2, 0.1, MASK_PROB, MAX_PRED, len(is_word_start), is_word_start, rng)]
+        return [
+            i.to_json()
+            for i in data.create_training_instances(
+                sample_ids[:40], N_SEQ, 2, 0.1, MASK_PROB, MAX_PRED, len(is_word_start), is_word_start, rng
+            )
+        ]
+
     assert make(3) == make(3)
     assert make(3) != make(4)
 
@@ -220,11 +224,23 @@ def cli_output(sample_spm, tmp_path_factory):
 
     def run(name, *args):
         path = str(out / name)
-        result = run_cli("--input", SAMPLE_CORPUS, "--vocab", sample_spm, "--output", path,
-                         "--n_seq", "128", "--chunk_docs", "100", *args)
+        result = run_cli(
+            "--input",
+            SAMPLE_CORPUS,
+            "--vocab",
+            sample_spm,
+            "--output",
+            path,
+            "--n_seq",
+            "128",
+            "--chunk_docs",
+            "100",
+            *args,
+        )
         assert result.returncode == 0, result.stderr
         with open(path, "rb") as f:
             return f.read(), result.stdout
+
     return run
 
 
@@ -258,13 +274,16 @@ def test_cli_dupe_factor(cli_output):
     assert 1.8 < two.count(b"\n") / one.count(b"\n") < 2.2
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--input", "no/such/corpus"], "no/such/corpus not found"),
-    (["--vocab", "no/such.model"], "no/such.model not found; run `python vocab.py` first"),
-    (["--mask_prob", "1.5"], "--mask_prob must be in (0, 1)"),
-    (["--n_seq", "4"], "--n_seq must be at least 8"),
-    (["--workers", "0"], "--workers must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--input", "no/such/corpus"], "no/such/corpus not found"),
+        (["--vocab", "no/such.model"], "no/such.model not found; run `python vocab.py` first"),
+        (["--mask_prob", "1.5"], "--mask_prob must be in (0, 1)"),
+        (["--n_seq", "4"], "--n_seq must be at least 8"),
+        (["--workers", "0"], "--workers must be at least 1"),
+    ],
+)
 def test_cli_user_errors(sample_spm, tmp_path, args, message):
     out = tmp_path / "out.json"
     result = run_cli("--input", SAMPLE_CORPUS, "--vocab", sample_spm, "--output", str(out), *args)
@@ -281,8 +300,11 @@ def test_cli_malformed_inputs(sample_spm, tmp_path):
     bad.write_bytes(b"this is not gzip")
     junk = tmp_path / "junk.model"
     junk.write_bytes(b"\x00\x01junk")
-    cases = [([str(empty), sample_spm], "no documents found in"), ([str(bad), sample_spm], "bad.txt.gz"),
-             ([SAMPLE_CORPUS, str(junk)], "junk.model is not a SentencePiece model")]
+    cases = [
+        ([str(empty), sample_spm], "no documents found in"),
+        ([str(bad), sample_spm], "bad.txt.gz"),
+        ([SAMPLE_CORPUS, str(junk)], "junk.model is not a SentencePiece model"),
+    ]
     for (corpus, model), message in cases:
         out = tmp_path / "out.json"
         result = run_cli("--input", corpus, "--vocab", model, "--output", str(out), "--workers", "2")

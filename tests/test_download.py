@@ -1,7 +1,8 @@
 """download.py against a local HTTP server: NSMC files, a small generated MediaWiki dump, errors.
 
-    python -m pytest tests/test_download.py
+python -m pytest tests/test_download.py
 """
+
 import bz2
 import functools
 import http.server
@@ -21,14 +22,14 @@ import download
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "download.py")
 DUMP = "kowiki-latest-pages-articles.xml.bz2"
 
-NSMC_TRAIN = ("id\tdocument\tlabel\n"
-              "9976970\t아 더빙.. 진짜 짜증나네요 목소리\t0\n"
-              "3819312\t흠...포스터보고 초딩영화줄....오버연기조차 가볍지 않구나\t1\n"
-              "6270596\t\t0\n"
-              "10265843\t너무재밓었다그래서보는것을추천한다\t0\n").encode()
-NSMC_TEST = ("id\tdocument\tlabel\n"
-             "6270596\t굳 ㅋ\t1\n"
-             "9274899\tGDNTOPCLASSINTHECLUB\t0\n").encode()
+NSMC_TRAIN = (
+    "id\tdocument\tlabel\n"
+    "9976970\t아 더빙.. 진짜 짜증나네요 목소리\t0\n"
+    "3819312\t흠...포스터보고 초딩영화줄....오버연기조차 가볍지 않구나\t1\n"
+    "6270596\t\t0\n"
+    "10265843\t너무재밓었다그래서보는것을추천한다\t0\n"
+).encode()
+NSMC_TEST = ("id\tdocument\tlabel\n6270596\t굳 ㅋ\t1\n9274899\tGDNTOPCLASSINTHECLUB\t0\n").encode()
 
 CARTER = """{{위키데이터 속성 추적}}
 {{정보상자 대통령
@@ -78,21 +79,25 @@ EXPECTED = {"5": "지미 카터", "9": "수학", "13": '"위어드 알" 얀코�
 
 def dump_xml(pages, base="https://ko.wikipedia.org/wiki/%EC%9C%84%ED%82%A4%EB%B0%B1%EA%B3%BC:%EB%8C%80%EB%AC%B8"):
     """A MediaWiki export in the 0.11 schema, shaped like the real pages-articles dump."""
-    out = ['<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.11/" version="0.11" xml:lang="ko">',
-           "  <siteinfo>\n    <sitename>위키백과</sitename>\n    <dbname>kowiki</dbname>",
-           f"    <base>{base}</base>",
-           '    <namespaces>\n      <namespace key="0" case="first-letter" />',
-           '      <namespace key="4" case="first-letter">위키백과</namespace>\n    </namespaces>',
-           "  </siteinfo>"]
+    out = [
+        '<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.11/" version="0.11" xml:lang="ko">',
+        "  <siteinfo>\n    <sitename>위키백과</sitename>\n    <dbname>kowiki</dbname>",
+        f"    <base>{base}</base>",
+        '    <namespaces>\n      <namespace key="0" case="first-letter" />',
+        '      <namespace key="4" case="first-letter">위키백과</namespace>\n    </namespaces>',
+        "  </siteinfo>",
+    ]
     for pid, ns, title, redirect, text in pages:
         out.append(f"  <page>\n    <title>{escape(title)}</title>\n    <ns>{ns}</ns>\n    <id>{pid}</id>")
         if redirect:
             out.append(f"    <redirect title={quoteattr(redirect)} />")
-        out.append(f"    <revision>\n      <id>{pid + 1000}</id>\n      <timestamp>2024-01-01T00:00:00Z</timestamp>\n"
-                   f"      <contributor>\n        <username>Tester</username>\n        <id>77</id>\n"
-                   f"      </contributor>\n      <model>wikitext</model>\n      <format>text/x-wiki</format>\n"
-                   f'      <text bytes="{len(text.encode())}" xml:space="preserve">{escape(text)}</text>\n'
-                   f"    </revision>\n  </page>")
+        out.append(
+            f"    <revision>\n      <id>{pid + 1000}</id>\n      <timestamp>2024-01-01T00:00:00Z</timestamp>\n"
+            f"      <contributor>\n        <username>Tester</username>\n        <id>77</id>\n"
+            f"      </contributor>\n      <model>wikitext</model>\n      <format>text/x-wiki</format>\n"
+            f'      <text bytes="{len(text.encode())}" xml:space="preserve">{escape(text)}</text>\n'
+            f"    </revision>\n  </page>"
+        )
     out.append("</mediawiki>\n")
     return "\n".join(out).encode()
 
@@ -130,8 +135,9 @@ def server(tmp_path_factory):
 
 
 def run(*args, cwd):
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, SCRIPT, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def assert_one_line_error(r, *needles):
@@ -165,8 +171,17 @@ def read_docs(text_dir):
 def downloaded(server, tmp_path_factory):
     root, url = server
     out = tmp_path_factory.mktemp("out") / "data"
-    r = run("--what", "all", "--output", str(out), "--nsmc_url", url + "/nsmc/", "--wiki_url", f"{url}/{DUMP}",
-            cwd=out.parent)
+    r = run(
+        "--what",
+        "all",
+        "--output",
+        str(out),
+        "--nsmc_url",
+        url + "/nsmc/",
+        "--wiki_url",
+        f"{url}/{DUMP}",
+        cwd=out.parent,
+    )
     assert r.returncode == 0, r.stderr
     return root, url, out, r
 
@@ -182,8 +197,7 @@ def test_nsmc_files_are_byte_identical(downloaded):
 def test_kowiki_has_only_articles_with_text(downloaded):
     root, _, out, r = downloaded
     assert (out / DUMP).read_bytes() == (root / DUMP).read_bytes()
-    assert sorted(p.relative_to(out / "kowiki").as_posix() for p in (out / "kowiki").rglob("*")) == \
-        ["AA", "AA/wiki_00"]
+    assert sorted(p.relative_to(out / "kowiki").as_posix() for p in (out / "kowiki").rglob("*")) == ["AA", "AA/wiki_00"]
     docs = read_docs(out / "kowiki")
     seen = {}
     for header, title, body in docs:
@@ -199,8 +213,29 @@ def test_kowiki_markup_is_stripped(downloaded):
     out = downloaded[2]
     docs = {title: body for _, title, body in read_docs(out / "kowiki")}
     text = "\n".join("\n".join(body) for body in docs.values())
-    for junk in ["{{", "}}", "[[", "]]", "<ref", "분류:", "Category:", "파일:", "File:", "섬네일", "thumb", "en:",
-                 "wikitable", "||", "'''", "<!--", "&nbsp;", "\xa0", "__", "넘겨주기", "토론 문단"]:
+    for junk in [
+        "{{",
+        "}}",
+        "[[",
+        "]]",
+        "<ref",
+        "분류:",
+        "Category:",
+        "파일:",
+        "File:",
+        "섬네일",
+        "thumb",
+        "en:",
+        "wikitable",
+        "||",
+        "'''",
+        "<!--",
+        "&nbsp;",
+        "\xa0",
+        "__",
+        "넘겨주기",
+        "토론 문단",
+    ]:
         assert junk not in text, junk
     assert docs["지미 카터"] == [
         "지미 카터(James Earl Carter Jr., 1924년 10월 1일 ~ )는 민주당 출신 미국 39대 대통령이다.",
@@ -209,8 +244,11 @@ def test_kowiki_markup_is_stripped(downloaded):
         "지미 카터는 조지아주 섬터 카운티 플레인스 마을에서 태어났다.",
     ]
     # the list-only section disappears with its heading; a heading ending in '!' gets no '.'
-    assert docs["수학"] == ["수학(數學)은 양, 구조, 공간, 변화 등의 개념을 다루는 학문이다.", "역사!",
-                          "고대 이집트와 메소포타미아에서 시작되었다. 그리고 발전했다."]
+    assert docs["수학"] == [
+        "수학(數學)은 양, 구조, 공간, 변화 등의 개념을 다루는 학문이다.",
+        "역사!",
+        "고대 이집트와 메소포타미아에서 시작되었다. 그리고 발전했다.",
+    ]
     assert docs['"위어드 알" 얀코빅'] == ['"위어드 알" 얀코빅은 미국의 가수이다.']
 
 
@@ -218,8 +256,17 @@ def test_rerun_without_force_refuses(downloaded):
     _, url, out, _ = downloaded
     before = (out / "kowiki" / "AA" / "wiki_00").read_bytes()
     for what in ["nsmc", "kowiki", "all"]:
-        r = run("--what", what, "--output", str(out), "--nsmc_url", url + "/nsmc/", "--wiki_url", f"{url}/{DUMP}",
-                cwd=out.parent)
+        r = run(
+            "--what",
+            what,
+            "--output",
+            str(out),
+            "--nsmc_url",
+            url + "/nsmc/",
+            "--wiki_url",
+            f"{url}/{DUMP}",
+            cwd=out.parent,
+        )
         assert_one_line_error(r, "exists; pass --force")
     assert (out / "kowiki" / "AA" / "wiki_00").read_bytes() == before
 
@@ -243,8 +290,9 @@ def test_existing_dump_is_reused(server, tmp_path):
     assert [title for _, title, _ in read_docs(tmp_path / "kowiki")] == ["수학"]
 
 
-@pytest.mark.parametrize("what, flag, path", [("nsmc", "--nsmc_url", "/missing/"),
-                                              ("kowiki", "--wiki_url", "/missing.xml.bz2")])
+@pytest.mark.parametrize(
+    "what, flag, path", [("nsmc", "--nsmc_url", "/missing/"), ("kowiki", "--wiki_url", "/missing.xml.bz2")]
+)
 def test_404_is_one_line(server, tmp_path, what, flag, path):
     _, url = server
     r = run("--what", what, "--output", str(tmp_path), flag, url + path, cwd=tmp_path)
@@ -301,8 +349,10 @@ def test_convert_dump_splits_files_and_caps_articles(tmp_path, monkeypatch):
 
 
 def test_wikitext_refs_templates_and_links():
-    text = ("'''서울'''<ref>출처 {{웹 인용|url=x}}</ref>은 {{lang|en|Seoul}}[[대한민국]]의 [[수도 (도시)|수도]]이다."
-            "<ref name=a/>\n[[파일:Seoul.jpg|섬네일|서울 [[야경]]]][[en:Seoul]][[분류:도시]]")
+    text = (
+        "'''서울'''<ref>출처 {{웹 인용|url=x}}</ref>은 {{lang|en|Seoul}}[[대한민국]]의 [[수도 (도시)|수도]]이다."
+        "<ref name=a/>\n[[파일:Seoul.jpg|섬네일|서울 [[야경]]]][[en:Seoul]][[분류:도시]]"
+    )
     assert download.wikitext_to_paragraphs(text) == ["서울은 대한민국의 수도이다."]
 
 
@@ -311,18 +361,26 @@ def test_wikitext_headings_wait_for_text():
     assert download.wikitext_to_paragraphs(text) == ["머리말.", "가.", "가2.", "가2 본문", "다?", "다 본문"]
     # text under a heading that renders empty does not belong to the heading before it
     assert download.wikitext_to_paragraphs("== 가 ==\n== {{틀}} ==\n본문") == ["본문"]
-    assert download.wikitext_to_paragraphs("== 가 ==\n가 본문\n=== 가1 ===\n가1 본문") == ["가.", "가 본문", "가1.", "가1 본문"]
+    assert download.wikitext_to_paragraphs("== 가 ==\n가 본문\n=== 가1 ===\n가1 본문") == [
+        "가.",
+        "가 본문",
+        "가1.",
+        "가1 본문",
+    ]
 
 
 def test_wikitext_tables_lists_and_breaks():
-    text = ("위\n{| class=\"wikitable\"\n|-\n| 셀1 || 셀2\n|}\n<table><tr><td>html 셀</td></tr></table>\n"
-            "* 항목\n# 번호\n; 용어 : 정의\n첫 줄<br />둘째 줄 &amp; <math>x^2</math>__목차__\n\n\n끝")
+    text = (
+        '위\n{| class="wikitable"\n|-\n| 셀1 || 셀2\n|}\n<table><tr><td>html 셀</td></tr></table>\n'
+        "* 항목\n# 번호\n; 용어 : 정의\n첫 줄<br />둘째 줄 &amp; <math>x^2</math>__목차__\n\n\n끝"
+    )
     assert download.wikitext_to_paragraphs(text) == ["위", "첫 줄", "둘째 줄 &", "끝"]
 
 
 def test_wikitext_nested_refs_and_empty():
-    assert download.wikitext_to_paragraphs("'''굵게<ref>각주</ref>''' ''[[링크|기울임<ref>x</ref>]]''") == \
-        ["굵게 기울임"]
+    assert download.wikitext_to_paragraphs("'''굵게<ref>각주</ref>''' ''[[링크|기울임<ref>x</ref>]]''") == [
+        "굵게 기울임"
+    ]
     assert download.wikitext_to_paragraphs("{{틀}}\n[[분류:X]]\n<!-- 주석 -->\n") == []
 
 

@@ -1,5 +1,6 @@
 """gpu_results.sh, the GPU row's one script, run on the CPU with a tiny budget and a micro model: the timed
 step counts, wiki then TAPT pretraining, the seeds fine-tuned side by side, and one table over all of them."""
+
 import csv
 import json
 import os
@@ -8,8 +9,15 @@ import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "data", "sample")
-MICRO = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
-         "max_position_embeddings": 128, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+MICRO = {
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+}
 
 
 def test_gpu_results_script_dry_run_on_cpu(tmp_path):
@@ -21,10 +29,28 @@ def test_gpu_results_script_dry_run_on_cpu(tmp_path):
         with open(os.path.join(SAMPLE, name), encoding="utf-8") as f:
             (nsmc / name).write_text("".join(f.readlines()[: n + 1]), encoding="utf-8")
     run = tmp_path / "run"
-    env = {**os.environ, "GPU": "", "BUDGET_S": "2", "CONFIG": str(config), "EPOCH": "1", "SEEDS": "1,2", "WORKERS": "0",
-           "WIKI": os.path.join(SAMPLE, "kowiki-sample.txt.xz"), "N": str(nsmc), "RUN": str(run), "OMP_NUM_THREADS": "1"}
-    p = subprocess.run(["bash", "gpu_results.sh", "--vocab_size", "3000", "--hardware", "test CPU"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=500, check=False)
+    env = {
+        **os.environ,
+        "GPU": "",
+        "BUDGET_S": "2",
+        "CONFIG": str(config),
+        "EPOCH": "1",
+        "SEEDS": "1,2",
+        "WORKERS": "0",
+        "WIKI": os.path.join(SAMPLE, "kowiki-sample.txt.xz"),
+        "N": str(nsmc),
+        "RUN": str(run),
+        "OMP_NUM_THREADS": "1",
+    }
+    p = subprocess.run(
+        ["bash", "gpu_results.sh", "--vocab_size", "3000", "--hardware", "test CPU"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=500,
+        check=False,
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     w, t = map(int, re.search(r"budget 2 s: (\d+) steps on Wikipedia, then (\d+) on the NSMC", p.stdout).groups())
     # the two pretraining runs went for the timed step counts, the TAPT one from the wiki weights
@@ -38,5 +64,9 @@ def test_gpu_results_script_dry_run_on_cpu(tmp_path):
         rows = list(csv.DictReader(f))
     assert [(r["item"], r["seed"]) for r in rows] == [(f"wiki {w} + nsmc {t}", "1"), (f"wiki {w} + nsmc {t}", "2")]
     table = (run / "results.md").read_text().splitlines()
-    assert len(table) == 3 and table[2].startswith(f"| wiki {w} + nsmc {t} |") and "(2 seeds; lr 3e-4, batch 64)" in table[2]
+    assert (
+        len(table) == 3
+        and table[2].startswith(f"| wiki {w} + nsmc {t} |")
+        and "(2 seeds; lr 3e-4, batch 64)" in table[2]
+    )
     assert "test CPU" in table[2] and not list(run.glob("*.tmp"))

@@ -3,6 +3,7 @@
 transformers is a test-only dependency: without it these tests are skipped. `pytest -s tests/test_hf.py`
 prints the largest absolute difference per output and config.
 """
+
 import json
 import os
 import re
@@ -32,16 +33,42 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "data", "sample")
 ATOL = 1e-5
 CONFIGS = {  # odd vocabularies; 64, 32 and 64 dims per head; one LayerNorm eps and type vocabulary off the default
-    "h64-4heads-v301": {"vocab_size": 301, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                        "intermediate_size": 128, "max_position_embeddings": 32},
-    "h96-3heads-v1007": {"vocab_size": 1007, "hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 3,
-                         "intermediate_size": 200, "max_position_embeddings": 40},
-    "h128-2heads-v257-eps1e-5": {"vocab_size": 257, "hidden_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                 "intermediate_size": 512, "max_position_embeddings": 20, "type_vocab_size": 3, "layer_norm_eps": 1e-5},
+    "h64-4heads-v301": {
+        "vocab_size": 301,
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 128,
+        "max_position_embeddings": 32,
+    },
+    "h96-3heads-v1007": {
+        "vocab_size": 1007,
+        "hidden_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 3,
+        "intermediate_size": 200,
+        "max_position_embeddings": 40,
+    },
+    "h128-2heads-v257-eps1e-5": {
+        "vocab_size": 257,
+        "hidden_size": 128,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 512,
+        "max_position_embeddings": 20,
+        "type_vocab_size": 3,
+        "layer_norm_eps": 1e-5,
+    },
 }
 # the sample vocabulary (1000 + 7 pieces), so train.py and pretrain.py can run on it
-TINY = {"vocab_size": 1007, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
-        "max_position_embeddings": 64}
+TINY = {
+    "vocab_size": 1007,
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}
 
 
 def randomize(model, seed):
@@ -79,13 +106,19 @@ def ours_outputs(pre, clf, batch):
 def hf_outputs(pre, clf, batch):
     kw = dict(zip(["input_ids", "token_type_ids", "attention_mask"], batch))
     out = pre(**kw)
-    return {"mlm": out.prediction_logits, "nsp": out.seq_relationship_logits, "pooled": pre.bert(**kw).pooler_output,
-            "classifier": clf(**kw).logits}
+    return {
+        "mlm": out.prediction_logits,
+        "nsp": out.seq_relationship_logits,
+        "pooled": pre.bert(**kw).pooler_output,
+        "classifier": clf(**kw).logits,
+    }
 
 
 def assert_equal(a, b, what):
     diffs = {k: (a[k] - b[k]).abs().max().item() for k in a}
-    print(f"{what}: max |diff| " + ", ".join(f"{k} {d:.1e} (of |x| <= {a[k].abs().max():.1f})" for k, d in diffs.items()))
+    print(
+        f"{what}: max |diff| " + ", ".join(f"{k} {d:.1e} (of |x| <= {a[k].abs().max():.1f})" for k, d in diffs.items())
+    )
     for k in a:
         assert a[k].std() > 0.05, f"{what}: {k} is nearly constant, so equality says little"
         assert diffs[k] <= ATOL, f"{what}: {k} differs by {diffs[k]:.2e}"
@@ -105,10 +138,13 @@ def test_ours_to_hf(name, tmp_path):
     batch = make_batch(config)
     ours = ours_outputs(pre, clf, batch)
     for attn in ("eager", "sdpa"):
-        hf_pre, info = transformers.BertForPreTraining.from_pretrained(tmp_path / "pre", output_loading_info=True, attn_implementation=attn)
+        hf_pre, info = transformers.BertForPreTraining.from_pretrained(
+            tmp_path / "pre", output_loading_info=True, attn_implementation=attn
+        )
         assert no_loading_issues(info), info
-        hf_clf, info = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "clf", output_loading_info=True,
-                                                                                  attn_implementation=attn)
+        hf_clf, info = transformers.BertForSequenceClassification.from_pretrained(
+            tmp_path / "clf", output_loading_info=True, attn_implementation=attn
+        )
         assert no_loading_issues(info), info
         assert hf_clf.config.id2label == {0: "negative", 1: "positive"} and hf_clf.config.num_labels == 2
         assert_equal(ours, hf_outputs(hf_pre.eval(), hf_clf.eval(), batch), f"{name} ours -> HF ({attn})")
@@ -125,7 +161,10 @@ def test_hf_to_ours(name, tmp_path):
     hf_pre.save_pretrained(tmp_path / "pre")  # model.safetensors, the tied decoder weight and bias left out
     hf_clf.save_pretrained(tmp_path / "clf")
     pre_state, clf_state = load_checkpoint(str(tmp_path / "pre")), load_checkpoint(str(tmp_path / "clf"))
-    assert pre_state["config"] == BertConfig(**CONFIGS[name]).to_dict() and pre_state["vocab_size"] == CONFIGS[name]["vocab_size"]
+    assert (
+        pre_state["config"] == BertConfig(**CONFIGS[name]).to_dict()
+        and pre_state["vocab_size"] == CONFIGS[name]["vocab_size"]
+    )
     pre = BertForPreTraining(BertConfig.from_dict(pre_state["config"]))
     pre.load_state_dict(pre_state["model"])  # strict: every weight is there, nothing more
     clf = BertForSequenceClassification(BertConfig.from_dict(clf_state["config"]))
@@ -141,7 +180,10 @@ def test_import_name_variants(tmp_path):
     old = tmp_path / "old"
     old.mkdir()
     (old / "config.json").write_text((tmp_path / "bare" / "config.json").read_text())
-    sd = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v for k, v in hf.state_dict().items()}
+    sd = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+        for k, v in hf.state_dict().items()
+    }
     torch.save({**sd, "embeddings.position_ids": torch.arange(32)[None]}, old / "pytorch_model.bin")
     batch = make_batch(BertConfig(**CONFIGS["h64-4heads-v301"]))
     with torch.no_grad():
@@ -205,10 +247,35 @@ def run_readme(out, monkeypatch, replace=None):
 def test_train_py_from_hf_dir(tmp_path, sample_spm, hf_dir):
     """train.py --pretrain DIR, as a user runs it; with --lr 0 the saved encoder must be the directory's."""
     save = tmp_path / "best.pth"
-    cmd = [sys.executable, "train.py", "--pretrain", str(hf_dir), "--config", str(hf_dir / "config.json"), "--vocab", sample_spm,
-           "--train", nsmc_head(tmp_path / "train.txt", 40), "--test", nsmc_head(tmp_path / "test.txt", 20, "ratings_test.txt"),
-           "--save", str(save), "--epoch", "1", "--batch", "8", "--lr", "0", "--n_seq", "32", "--valid", "0", "--fp32",
-           "--log_dir", str(tmp_path / "log")]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "--pretrain",
+        str(hf_dir),
+        "--config",
+        str(hf_dir / "config.json"),
+        "--vocab",
+        sample_spm,
+        "--train",
+        nsmc_head(tmp_path / "train.txt", 40),
+        "--test",
+        nsmc_head(tmp_path / "test.txt", 20, "ratings_test.txt"),
+        "--save",
+        str(save),
+        "--epoch",
+        "1",
+        "--batch",
+        "8",
+        "--lr",
+        "0",
+        "--n_seq",
+        "32",
+        "--valid",
+        "0",
+        "--fp32",
+        "--log_dir",
+        str(tmp_path / "log"),
+    ]
     p = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     assert f"fine-tuning from {hf_dir}" in p.stdout
@@ -224,12 +291,44 @@ def test_pretrain_py_from_hf_dir_and_back(tmp_path, sample_spm, hf_dir, monkeypa
     with open(tmp_path / "inst.json", "w") as f:
         for _ in range(8):
             a, b = rng.integers(7, 1007, 10).tolist(), rng.integers(7, 1007, 8).tolist()
-            f.write(json.dumps({"tokens": [CLS_ID, *a, SEP_ID, *b, SEP_ID], "segment": [0] * 12 + [1] * 9, "is_next": int(rng.integers(2)),
-                                "mask_pos": [2, 14], "mask_label": [a[1], b[1]]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "tokens": [CLS_ID, *a, SEP_ID, *b, SEP_ID],
+                        "segment": [0] * 12 + [1] * 9,
+                        "is_next": int(rng.integers(2)),
+                        "mask_pos": [2, 14],
+                        "mask_label": [a[1], b[1]],
+                    }
+                )
+                + "\n"
+            )
     save = tmp_path / "pre.pth"
-    pretrain.main(["--pretrain", str(hf_dir), "--config", str(hf_dir / "config.json"), "--vocab", sample_spm, "--input",
-                   str(tmp_path / "inst.json"), "--save", str(save), "--epoch", "1", "--batch", "4", "--lr", "0", "--fp32",
-                   "--workers", "0", "--log_dir", str(tmp_path / "log")])
+    pretrain.main(
+        [
+            "--pretrain",
+            str(hf_dir),
+            "--config",
+            str(hf_dir / "config.json"),
+            "--vocab",
+            sample_spm,
+            "--input",
+            str(tmp_path / "inst.json"),
+            "--save",
+            str(save),
+            "--epoch",
+            "1",
+            "--batch",
+            "4",
+            "--lr",
+            "0",
+            "--fp32",
+            "--workers",
+            "0",
+            "--log_dir",
+            str(tmp_path / "log"),
+        ]
+    )
     want = hf_weights(hf_dir)
     state = torch.load(save, weights_only=True)
     assert state["step"] == 2 and set(state["model"]) == set(want)
@@ -250,12 +349,39 @@ def test_finetuned_export_gives_predict_py_labels(tmp_path, sample_spm, monkeypa
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY))
     best = tmp_path / "best.pth"
-    train.main(["--config", str(config), "--vocab", sample_spm, "--train", nsmc_head(tmp_path / "train.txt", 1000),
-                "--test", nsmc_head(tmp_path / "test.txt", 50, "ratings_test.txt"), "--save", str(best), "--epoch", "3",
-                "--batch", "32", "--lr", "5e-3", "--n_seq", "48", "--valid", "0", "--fp32", "--log_dir", str(tmp_path / "log")])
+    train.main(
+        [
+            "--config",
+            str(config),
+            "--vocab",
+            sample_spm,
+            "--train",
+            nsmc_head(tmp_path / "train.txt", 1000),
+            "--test",
+            nsmc_head(tmp_path / "test.txt", 50, "ratings_test.txt"),
+            "--save",
+            str(best),
+            "--epoch",
+            "3",
+            "--batch",
+            "32",
+            "--lr",
+            "5e-3",
+            "--n_seq",
+            "48",
+            "--valid",
+            "0",
+            "--fp32",
+            "--log_dir",
+            str(tmp_path / "log"),
+        ]
+    )
     out = tmp_path / "nsmc-bert"
     export.main(["--pretrain", str(best), "--vocab", sample_spm, "--output", str(out)])
-    saved, back = torch.load(best, weights_only=True)["model"], load_checkpoint(str(out))["model"]  # and our reader takes it back
+    saved, back = (
+        torch.load(best, weights_only=True)["model"],
+        load_checkpoint(str(out))["model"],
+    )  # and our reader takes it back
     assert set(back) == set(saved) and all(torch.equal(back[k], v) for k, v in saved.items())
 
     reviews, _ = read_nsmc(os.path.join(SAMPLE, "ratings_test.txt"))
@@ -268,7 +394,9 @@ def test_finetuned_export_gives_predict_py_labels(tmp_path, sample_spm, monkeypa
     assert "[CLS]" in readme and "[PAD]=0" in readme and f"cut to {n_seq} tokens" in readme
     (tmp_path / "reviews.json").write_text(json.dumps(reviews), encoding="utf-8")
     read_them = 'import json; reviews = json.load(open("reviews.json", encoding="utf-8"))'
-    logits = run_readme(out, monkeypatch, {'reviews = ["이 영화 정말 재밌어요", "배우 연기가 최악이다"]': read_them})["logits"]
+    logits = run_readme(out, monkeypatch, {'reviews = ["이 영화 정말 재밌어요", "배우 연기가 최악이다"]': read_them})[
+        "logits"
+    ]
     capsys.readouterr()  # its print of 5,003 labels
     theirs = logits.argmax(-1).tolist()
     margin = (logits[:, 1] - logits[:, 0]).abs().min().item()

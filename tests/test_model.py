@@ -3,8 +3,14 @@ import torch.nn.functional as F
 
 from model import BertConfig, BertForPreTraining, BertForSequenceClassification, configure_optimizer
 
-CFG = {"vocab_size": 301, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
-       "max_position_embeddings": 32}
+CFG = {
+    "vocab_size": 301,
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "max_position_embeddings": 32,
+}
 
 
 def batch(B=3, T=20, vocab=301, seed=0):
@@ -15,7 +21,7 @@ def batch(B=3, T=20, vocab=301, seed=0):
     mask[2:, 5:] = 0
     ids[mask == 0] = 0
     types = torch.zeros(B, T, dtype=torch.long)
-    types[:, T // 2:] = 1
+    types[:, T // 2 :] = 1
     types[mask == 0] = 0
     return ids, types, mask
 
@@ -62,11 +68,20 @@ def test_tied_weights_and_hf_names():
     assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
     assert model.cls.predictions.bias is model.cls.predictions.decoder.bias
     names = set(model.state_dict())
-    for name in ["bert.embeddings.word_embeddings.weight", "bert.embeddings.LayerNorm.weight",
-                 "bert.encoder.layer.1.attention.self.query.weight", "bert.encoder.layer.0.attention.output.LayerNorm.bias",
-                 "bert.encoder.layer.0.intermediate.dense.weight", "bert.encoder.layer.0.output.dense.weight",
-                 "bert.pooler.dense.weight", "cls.predictions.transform.dense.weight", "cls.predictions.transform.LayerNorm.weight",
-                 "cls.predictions.decoder.weight", "cls.predictions.bias", "cls.seq_relationship.weight"]:
+    for name in [
+        "bert.embeddings.word_embeddings.weight",
+        "bert.embeddings.LayerNorm.weight",
+        "bert.encoder.layer.1.attention.self.query.weight",
+        "bert.encoder.layer.0.attention.output.LayerNorm.bias",
+        "bert.encoder.layer.0.intermediate.dense.weight",
+        "bert.encoder.layer.0.output.dense.weight",
+        "bert.pooler.dense.weight",
+        "cls.predictions.transform.dense.weight",
+        "cls.predictions.transform.LayerNorm.weight",
+        "cls.predictions.decoder.weight",
+        "cls.predictions.bias",
+        "cls.seq_relationship.weight",
+    ]:
         assert name in names, name
     # a gradient step moves the shared matrix once, seen from both sides
     ids, types, mask = batch()
@@ -113,6 +128,10 @@ def test_classifier_loads_pretrained_encoder():
     config = BertConfig(**CFG)
     pre = BertForPreTraining(config)
     clf = BertForSequenceClassification(config)
-    missing, unexpected = clf.load_state_dict({k: v for k, v in pre.state_dict().items() if k.startswith("bert.")}, strict=False)
+    missing, unexpected = clf.load_state_dict(
+        {k: v for k, v in pre.state_dict().items() if k.startswith("bert.")}, strict=False
+    )
     assert not unexpected and sorted(missing) == ["classifier.bias", "classifier.weight"]
-    torch.testing.assert_close(clf.bert.encoder.layer[1].output.dense.weight, pre.bert.encoder.layer[1].output.dense.weight)
+    torch.testing.assert_close(
+        clf.bert.encoder.layer[1].output.dense.weight, pre.bert.encoder.layer[1].output.dense.weight
+    )

@@ -22,7 +22,9 @@ def test_length_batches_cover_every_review_once_with_similar_lengths():
     flat = np.concatenate(batches)
     assert sorted(flat.tolist()) == list(range(5000))
     spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
-    random_spread = np.mean([lengths[b].max() - lengths[b].min() for b in np.array_split(rng.permutation(5000), len(batches))])
+    random_spread = np.mean(
+        [lengths[b].max() - lengths[b].min() for b in np.array_split(rng.permutation(5000), len(batches))]
+    )
     assert spread < 0.2 * random_spread
     # a different draw gives a different order
     assert not np.array_equal(flat, np.concatenate(length_batches(lengths, 64, np.random.default_rng(2))))

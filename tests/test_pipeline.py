@@ -1,4 +1,5 @@
 """End to end on the bundled sample: vocab -> data -> pretrain -> resume -> train -> predict, and the error paths."""
+
 import csv
 import json
 import lzma
@@ -16,8 +17,15 @@ from errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "data", "sample")
-MICRO = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
-         "max_position_embeddings": 64, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+MICRO = {
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+}
 
 
 def run_cli(*args):
@@ -46,18 +54,64 @@ def work(tmp_path_factory, sample_spm):
     corpus = d / "wiki.txt"
     corpus.write_text("</doc>\n".join(docs) + "</doc>\n", encoding="utf-8")
     instances = d / "bert.json"
-    code, out = run_cli("data.py", "--input", str(corpus), "--vocab", sample_spm, "--output", str(instances), "--n_seq", "64")
+    code, out = run_cli(
+        "data.py", "--input", str(corpus), "--vocab", sample_spm, "--output", str(instances), "--n_seq", "64"
+    )
     assert code == 0, out
-    paths = {"dir": d, "config": str(config), "vocab": sample_spm, "corpus": str(corpus), "instances": str(instances),
-             "save": str(d / "pretrain.pth"), "log": str(d / "pretrain_log")}
-    pretrain.main(["--config", paths["config"], "--vocab", sample_spm, "--input", paths["instances"], "--save", paths["save"],
-                   "--epoch", "1", "--batch", "16", "--lr", "1e-3", "--log_dir", paths["log"], "--log_every", "5"])
+    paths = {
+        "dir": d,
+        "config": str(config),
+        "vocab": sample_spm,
+        "corpus": str(corpus),
+        "instances": str(instances),
+        "save": str(d / "pretrain.pth"),
+        "log": str(d / "pretrain_log"),
+    }
+    pretrain.main(
+        [
+            "--config",
+            paths["config"],
+            "--vocab",
+            sample_spm,
+            "--input",
+            paths["instances"],
+            "--save",
+            paths["save"],
+            "--epoch",
+            "1",
+            "--batch",
+            "16",
+            "--lr",
+            "1e-3",
+            "--log_dir",
+            paths["log"],
+            "--log_every",
+            "5",
+        ]
+    )
     return paths
 
 
 def pretrain_args(w, *extra):
-    return ["--config", w["config"], "--vocab", w["vocab"], "--input", w["instances"], "--save", w["save"],
-            "--batch", "16", "--lr", "1e-3", "--log_dir", w["log"], "--log_every", "5", *extra]
+    return [
+        "--config",
+        w["config"],
+        "--vocab",
+        w["vocab"],
+        "--input",
+        w["instances"],
+        "--save",
+        w["save"],
+        "--batch",
+        "16",
+        "--lr",
+        "1e-3",
+        "--log_dir",
+        w["log"],
+        "--log_every",
+        "5",
+        *extra,
+    ]
 
 
 def test_pretrain_writes_checkpoint_log_and_plot(work):
@@ -92,8 +146,30 @@ def test_train_and_predict(work, tmp_path, capsys):
     tr = nsmc_slice("ratings_train.txt", tmp_path / "train.txt", 600)
     te = nsmc_slice("ratings_test.txt", tmp_path / "test.txt", 200)
     save = str(tmp_path / "best.pth")
-    train.main(["--config", work["config"], "--vocab", work["vocab"], "--pretrain", work["save"], "--train", tr, "--test", te,
-                "--save", save, "--epoch", "2", "--batch", "32", "--lr", "1e-3", "--log_dir", str(tmp_path / "log")])
+    train.main(
+        [
+            "--config",
+            work["config"],
+            "--vocab",
+            work["vocab"],
+            "--pretrain",
+            work["save"],
+            "--train",
+            tr,
+            "--test",
+            te,
+            "--save",
+            save,
+            "--epoch",
+            "2",
+            "--batch",
+            "32",
+            "--lr",
+            "1e-3",
+            "--log_dir",
+            str(tmp_path / "log"),
+        ]
+    )
     out = capsys.readouterr().out
     assert f"fine-tuning from {work['save']}" in out
     assert "best epoch" in out and "test accuracy" in out
@@ -121,11 +197,33 @@ def test_train_and_predict(work, tmp_path, capsys):
 
 def test_train_from_scratch_says_so_and_handles_empty_reviews(work, tmp_path, capsys):
     tr = tmp_path / "train.txt"
-    tr.write_text("id\tdocument\tlabel\n1\t\t0\n2\t재밌다\t1\n3\t별로\t0\n4\t최고\t1\n5\t\t1\n6\t지루함\t0\n", encoding="utf-8")
+    tr.write_text(
+        "id\tdocument\tlabel\n1\t\t0\n2\t재밌다\t1\n3\t별로\t0\n4\t최고\t1\n5\t\t1\n6\t지루함\t0\n", encoding="utf-8"
+    )
     te = tmp_path / "test.txt"
     te.write_text("id\tdocument\tlabel\n7\t\t1\n8\t좋다\t1\n", encoding="utf-8")
-    train.main(["--config", work["config"], "--vocab", work["vocab"], "--train", str(tr), "--test", str(te), "--valid", "0",
-                "--save", str(tmp_path / "b.pth"), "--epoch", "1", "--batch", "4", "--log_dir", str(tmp_path / "log")])
+    train.main(
+        [
+            "--config",
+            work["config"],
+            "--vocab",
+            work["vocab"],
+            "--train",
+            str(tr),
+            "--test",
+            str(te),
+            "--valid",
+            "0",
+            "--save",
+            str(tmp_path / "b.pth"),
+            "--epoch",
+            "1",
+            "--batch",
+            "4",
+            "--log_dir",
+            str(tmp_path / "log"),
+        ]
+    )
     assert "training from scratch" in capsys.readouterr().out
 
 
@@ -133,7 +231,9 @@ def test_cli_errors_are_one_line(work, tmp_path):
     code, out = run_cli("pretrain.py", "--vocab", str(tmp_path / "nope.model"), "--input", work["instances"])
     assert code == 2 and "Traceback" not in out
     assert out.strip().splitlines()[-1] == f"error: {tmp_path / 'nope.model'} not found; run `python vocab.py` first"
-    code, out = run_cli("train.py", "--vocab", work["vocab"], "--config", work["config"], "--pretrain", str(tmp_path / "none.pth"))
+    code, out = run_cli(
+        "train.py", "--vocab", work["vocab"], "--config", work["config"], "--pretrain", str(tmp_path / "none.pth")
+    )
     assert code == 2 and "Traceback" not in out and "none.pth not found" in out and "pretrain.py" in out
 
 
@@ -162,6 +262,7 @@ def test_mismatched_checkpoint_says_which_field(work, tmp_path):
 
 def test_mismatched_vocabulary_says_so(work, tmp_path):
     import vocab
+
     small = vocab.train_vocab(work["corpus"], str(tmp_path / "small"), vocab_size=900, character_coverage=0.98)
     with pytest.raises(UserError, match=r"vocabulary of 1007 pieces but the vocab file has 907"):
         train.main(["--config", work["config"], "--vocab", small, "--pretrain", work["save"]])
@@ -173,7 +274,10 @@ def test_mismatched_vocabulary_says_so(work, tmp_path):
 def test_n_seq_above_positions(work, tmp_path):
     short = tmp_path / "short.json"
     short.write_text(json.dumps({**MICRO, "max_position_embeddings": 32}))
-    with pytest.raises(UserError, match=r"instances of \d+ tokens but .*short\.json allows 32 positions; rebuild with `python data.py --n_seq 32`"):
+    with pytest.raises(
+        UserError,
+        match=r"instances of \d+ tokens but .*short\.json allows 32 positions; rebuild with `python data.py --n_seq 32`",
+    ):
         pretrain.main(pretrain_args(work, "--config", str(short), "--save", str(tmp_path / "x.pth")))
     with pytest.raises(UserError, match=r"--n_seq 128 is above the 32 positions"):
         train.main(["--config", str(short), "--vocab", work["vocab"], "--n_seq", "128"])
@@ -202,6 +306,7 @@ def test_nsp_class_0_means_b_follows_a(work, tmp_path):
     save = str(tmp_path / "nsp.pth")
     pretrain.main(pretrain_args(work, "--input", str(nxt), "--save", save, "--epoch", "3", "--lr", "3e-3"))
     from model import BertConfig, BertForPreTraining
+
     state = torch.load(save, weights_only=True)
     model = BertForPreTraining(BertConfig.from_dict(state["config"])).eval()
     model.load_state_dict(state["model"])
@@ -214,8 +319,24 @@ def test_early_stopping_on_validation(work, tmp_path, capsys):
     """With --lr 0 the validation accuracy never improves on epoch 1, so --patience 1 stops after epoch 2 of 5."""
     tr = nsmc_slice("ratings_train.txt", tmp_path / "train.txt", 200)
     te = nsmc_slice("ratings_test.txt", tmp_path / "test.txt", 50)
-    args = ["--config", work["config"], "--vocab", work["vocab"], "--train", tr, "--test", te, "--epoch", "5", "--batch", "32",
-            "--lr", "0", "--save", str(tmp_path / "b.pth")]
+    args = [
+        "--config",
+        work["config"],
+        "--vocab",
+        work["vocab"],
+        "--train",
+        tr,
+        "--test",
+        te,
+        "--epoch",
+        "5",
+        "--batch",
+        "32",
+        "--lr",
+        "0",
+        "--save",
+        str(tmp_path / "b.pth"),
+    ]
     train.main([*args, "--patience", "1", "--log_dir", str(tmp_path / "p1")])
     assert "early stop: no better validation accuracy in the 1 epoch(s) after epoch 1" in capsys.readouterr().out
     with open(tmp_path / "p1" / "log.csv") as f:
@@ -227,17 +348,64 @@ def test_early_stopping_on_validation(work, tmp_path, capsys):
 
 def test_keep_steps_keeps_the_weights_of_those_steps(work, tmp_path, capsys):
     save = str(tmp_path / "p.pth")
-    pretrain.main(["--config", work["config"], "--vocab", work["vocab"], "--input", work["instances"], "--save", save, "--epoch", "1",
-                   "--max_steps", "6", "--keep_steps", "2,4", "--batch", "8", "--lr", "1e-3", "--log_dir", str(tmp_path / "log")])
+    pretrain.main(
+        [
+            "--config",
+            work["config"],
+            "--vocab",
+            work["vocab"],
+            "--input",
+            work["instances"],
+            "--save",
+            save,
+            "--epoch",
+            "1",
+            "--max_steps",
+            "6",
+            "--keep_steps",
+            "2,4",
+            "--batch",
+            "8",
+            "--lr",
+            "1e-3",
+            "--log_dir",
+            str(tmp_path / "log"),
+        ]
+    )
     kept = {s: torch.load(tmp_path / f"p_step{s}.pth", weights_only=True) for s in (2, 4)}
     assert [kept[s]["step"] for s in (2, 4)] == [2, 4] and not os.path.exists(tmp_path / "p_step6.pth")
     w = "bert.encoder.layer.0.attention.self.query.weight"
     last = torch.load(save, weights_only=True)
-    assert not torch.equal(kept[2]["model"][w], kept[4]["model"][w]) and not torch.equal(kept[4]["model"][w], last["model"][w])
+    assert not torch.equal(kept[2]["model"][w], kept[4]["model"][w]) and not torch.equal(
+        kept[4]["model"][w], last["model"][w]
+    )
     # a kept checkpoint fine-tunes like any other
     tr = nsmc_slice("ratings_train.txt", tmp_path / "train.txt", 100)
-    train.main(["--config", work["config"], "--vocab", work["vocab"], "--pretrain", str(tmp_path / "p_step4.pth"), "--train", tr,
-                "--test", tr, "--epoch", "1", "--batch", "32", "--save", str(tmp_path / "b.pth"), "--log_dir", str(tmp_path / "ft")])
+    train.main(
+        [
+            "--config",
+            work["config"],
+            "--vocab",
+            work["vocab"],
+            "--pretrain",
+            str(tmp_path / "p_step4.pth"),
+            "--train",
+            tr,
+            "--test",
+            tr,
+            "--epoch",
+            "1",
+            "--batch",
+            "32",
+            "--save",
+            str(tmp_path / "b.pth"),
+            "--log_dir",
+            str(tmp_path / "ft"),
+        ]
+    )
     assert f"fine-tuning from {tmp_path / 'p_step4.pth'}" in capsys.readouterr().out
     code, out = run_cli("pretrain.py", "--keep_steps", "1,x")
-    assert code == 2 and out.strip().splitlines()[-1] == "error: --keep_steps takes comma-separated step numbers, got '1,x'"
+    assert (
+        code == 2
+        and out.strip().splitlines()[-1] == "error: --keep_steps takes comma-separated step numbers, got '1,x'"
+    )

@@ -1,4 +1,5 @@
 """probe.py: held-out masked LM and test accuracy as is / with each segment shuffled / with random context."""
+
 import contextlib
 import os
 
@@ -15,8 +16,14 @@ from model import BertConfig, BertForPreTraining, BertForSequenceClassification
 from store import PretrainStore
 from vocab import CLS_ID, SEP_ID
 
-MICRO = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-         "max_position_embeddings": 64, "vocab_size": 1007}
+MICRO = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+    "vocab_size": 1007,
+}
 
 
 def test_shuffle_keeps_each_target_with_its_piece_and_specials_in_place():
@@ -44,17 +51,24 @@ def test_a_model_without_positions_scores_the_same_shuffled(tmp_path):
     shuffled = probe.Probed(data, "shuffled", 1007)
     with torch.no_grad():
         model.bert.embeddings.position_embeddings.weight.normal_(std=0.5)
-    with_pos = (pretrain.evaluate(model, data, 16, torch.device("cpu"), fp32)["mlm_loss"],
-                pretrain.evaluate(model, shuffled, 16, torch.device("cpu"), fp32)["mlm_loss"])
+    with_pos = (
+        pretrain.evaluate(model, data, 16, torch.device("cpu"), fp32)["mlm_loss"],
+        pretrain.evaluate(model, shuffled, 16, torch.device("cpu"), fp32)["mlm_loss"],
+    )
     assert abs(with_pos[0] - with_pos[1]) > 1e-3
     with torch.no_grad():
         model.bert.embeddings.position_embeddings.weight.zero_()
     as_is = pretrain.evaluate(model, data, 16, torch.device("cpu"), fp32)["mlm_loss"]
-    assert pretrain.evaluate(model, shuffled, 16, torch.device("cpu"), fp32)["mlm_loss"] == pytest.approx(as_is, abs=1e-5)
+    assert pretrain.evaluate(model, shuffled, 16, torch.device("cpu"), fp32)["mlm_loss"] == pytest.approx(
+        as_is, abs=1e-5
+    )
 
 
 def save(path, model):
-    save_checkpoint(str(path), {"model": model.state_dict(), "config": model.config.to_dict(), "vocab_size": model.config.vocab_size})
+    save_checkpoint(
+        str(path),
+        {"model": model.state_dict(), "config": model.config.to_dict(), "vocab_size": model.config.vocab_size},
+    )
     return str(path)
 
 
@@ -64,7 +78,11 @@ def test_cli_prints_each_probe_and_rejects_the_wrong_checkpoint(sample_spm, tmp_
     pre = save(tmp_path / "pre.pth", BertForPreTraining(BertConfig.from_dict(MICRO)))
     probe.main(["--pretrain", pre, "--input", instances, "--vocab", sample_spm, "--batch", "8"])
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f"{pre} on 40 instances") and [line.split("\t")[0].strip() for line in out[1:]] == ["as is", "shuffled", "no context"]
+    assert out[0].startswith(f"{pre} on 40 instances") and [line.split("\t")[0].strip() for line in out[1:]] == [
+        "as is",
+        "shuffled",
+        "no context",
+    ]
     bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
     model = probe.load_model(pre, BertForPreTraining, probe.load_vocab(sample_spm), "")
     expected = pretrain.evaluate(model, PretrainStore(instances), 8, torch.device("cpu"), bf16)["mlm_loss"]

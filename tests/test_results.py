@@ -1,5 +1,6 @@
 """results.py end to end on the bundled sample with a micro model: every row, the LR choice on validation,
 the CSV, the table and the plots, and a second run that reuses every stage."""
+
 import csv
 import json
 import os
@@ -10,8 +11,15 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "data", "sample")
-MICRO = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
-         "max_position_embeddings": 64, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+MICRO = {
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+}
 
 
 def head(src, dst, n):
@@ -25,11 +33,50 @@ def test_results_script_builds_the_table(tmp_path):
     config = tmp_path / "micro.json"
     config.write_text(json.dumps(MICRO))
     out, img = tmp_path / "out", tmp_path / "img"
-    cmd = [sys.executable, "results.py", "--wiki", os.path.join(SAMPLE, "kowiki-sample.txt.xz"),
-           "--train", head("ratings_train.txt", tmp_path / "train.txt", 400), "--test", head("ratings_test.txt", tmp_path / "test.txt", 100),
-           "--out", str(out), "--img", str(img), "--config", str(config), "--vocab_size", "3000", "--n_seq", "64",
-           "--wiki_steps", "3,6", "--tapt_steps", "3", "--tapt_alone", "--tapt_dupe", "2", "--pretrain_batch", "8", "--dynamic_mask",
-           "--seeds", "1,2", "--lr", "1e-3", "--lr_none", "1e-3,3e-3", "--epoch", "2", "--batch", "32", "--sweep_reviews", "200", "--hardware", "test CPU"]
+    cmd = [
+        sys.executable,
+        "results.py",
+        "--wiki",
+        os.path.join(SAMPLE, "kowiki-sample.txt.xz"),
+        "--train",
+        head("ratings_train.txt", tmp_path / "train.txt", 400),
+        "--test",
+        head("ratings_test.txt", tmp_path / "test.txt", 100),
+        "--out",
+        str(out),
+        "--img",
+        str(img),
+        "--config",
+        str(config),
+        "--vocab_size",
+        "3000",
+        "--n_seq",
+        "64",
+        "--wiki_steps",
+        "3,6",
+        "--tapt_steps",
+        "3",
+        "--tapt_alone",
+        "--tapt_dupe",
+        "2",
+        "--pretrain_batch",
+        "8",
+        "--dynamic_mask",
+        "--seeds",
+        "1,2",
+        "--lr",
+        "1e-3",
+        "--lr_none",
+        "1e-3,3e-3",
+        "--epoch",
+        "2",
+        "--batch",
+        "32",
+        "--sweep_reviews",
+        "200",
+        "--hardware",
+        "test CPU",
+    ]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
     # vocab, 2 data, 3 pretraining runs, 2 seeds for each of the 5 rows, and the 2 LRs of 'none' on the 200-review sweep file
@@ -45,7 +92,10 @@ def test_results_script_builds_the_table(tmp_path):
         with open(out / "ft" / f"none_sweep_lr{lr}_b32_s1" / "log.csv") as f:
             valid[lr] = max(float(r["valid_acc"]) for r in csv.DictReader(f))
     assert rows[0]["lr"] == rows[1]["lr"] == ("1e-3" if valid["1e-3"] >= valid["3e-3"] else "3e-3")
-    assert "--train " + str(out / "sweep200_train.txt") in p.stdout and len((out / "sweep200_train.txt").read_text().splitlines()) == 201
+    assert (
+        "--train " + str(out / "sweep200_train.txt") in p.stdout
+        and len((out / "sweep200_train.txt").read_text().splitlines()) == 201
+    )
     # the kept step-3 weights and the continued (TAPT) run exist; TAPT started from the final wiki weights
     assert (out / "wiki_step3.pth").exists() and (out / "wiki+nsmc.pth").exists() and (out / "nsmc.pth").exists()
     assert "starting from the weights of" in (out / "pretrain_wiki+nsmc.log").read_text()
@@ -53,12 +103,18 @@ def test_results_script_builds_the_table(tmp_path):
     assert len(pretrain_cmds) == 3 and all("--dynamic_mask" in line for line in pretrain_cmds)
     # the TAPT text is the training file's reviews, never the test file's
     text = (out / "nsmc_train_doc10.txt").read_text(encoding="utf-8")
-    test_reviews = [line.split("\t")[1] for line in (tmp_path / "test.txt").read_text(encoding="utf-8").splitlines()[1:]]
-    train_reviews = [line.split("\t")[1] for line in (tmp_path / "train.txt").read_text(encoding="utf-8").splitlines()[1:]]
+    test_reviews = [
+        line.split("\t")[1] for line in (tmp_path / "test.txt").read_text(encoding="utf-8").splitlines()[1:]
+    ]
+    train_reviews = [
+        line.split("\t")[1] for line in (tmp_path / "train.txt").read_text(encoding="utf-8").splitlines()[1:]
+    ]
     assert set(text.split("\n")) - {""} == {r.strip() for r in train_reviews if r.strip()}
     assert not ({r for r in test_reviews if len(r) > 20} - set(train_reviews)) & set(text.split("\n"))
     table = (out / "results.md").read_text().splitlines()
-    assert table[0] == "| ITEM | pretraining | epoch | loss | accuracy | time | hardware |" and len(table) == 2 + len(items)
+    assert table[0] == "| ITEM | pretraining | epoch | loss | accuracy | time | hardware |" and len(table) == 2 + len(
+        items
+    )
     assert all(os.path.getsize(img / f) > 1000 for f in ("loss.svg", "accuracy.svg"))
 
     # a second run runs nothing again and writes the same table
@@ -66,7 +122,9 @@ def test_results_script_builds_the_table(tmp_path):
     assert p2.returncode == 0 and "$ " not in p2.stdout, p2.stdout + p2.stderr
     assert (out / "results.md").read_text().splitlines() == table
     # a run of one row with other options replaces that row only
-    p3 = subprocess.run([*cmd, "--rows", "wiki 3", "--seeds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=400, check=False)
+    p3 = subprocess.run(
+        [*cmd, "--rows", "wiki 3", "--seeds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=400, check=False
+    )
     assert p3.returncode == 0 and "$ " not in p3.stdout, p3.stdout + p3.stderr
     new = (out / "results.md").read_text().splitlines()
     assert [line.split(" | ")[0] for line in new] == [line.split(" | ")[0] for line in table]
@@ -74,16 +132,43 @@ def test_results_script_builds_the_table(tmp_path):
 
 
 def test_results_script_one_line_errors(tmp_path):
-    p = subprocess.run([sys.executable, "results.py", "--wiki", str(tmp_path / "nope")], cwd=ROOT, capture_output=True, text=True, check=False)
+    p = subprocess.run(
+        [sys.executable, "results.py", "--wiki", str(tmp_path / "nope")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'nope'} not found")
-    sample = ["--wiki", os.path.join(SAMPLE, "kowiki-sample.txt.xz"), "--train", os.path.join(SAMPLE, "ratings_train.txt"),
-              "--test", os.path.join(SAMPLE, "ratings_test.txt"), "--out", str(tmp_path / "out"), "--img", str(tmp_path / "img")]
-    p = subprocess.run([sys.executable, "results.py", *sample, "--rows", "wiki 7"], cwd=ROOT, capture_output=True, text=True, check=False)
-    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error: --rows: unknown row(s) ['wiki 7']")
+    sample = [
+        "--wiki",
+        os.path.join(SAMPLE, "kowiki-sample.txt.xz"),
+        "--train",
+        os.path.join(SAMPLE, "ratings_train.txt"),
+        "--test",
+        os.path.join(SAMPLE, "ratings_test.txt"),
+        "--out",
+        str(tmp_path / "out"),
+        "--img",
+        str(tmp_path / "img"),
+    ]
+    p = subprocess.run(
+        [sys.executable, "results.py", *sample, "--rows", "wiki 7"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith(
+        "error: --rows: unknown row(s) ['wiki 7']"
+    )
     if not torch.cuda.is_available():
-        p = subprocess.run([sys.executable, "results.py", *sample, "--gpu", "0"], cwd=ROOT, capture_output=True, text=True, check=False)
+        p = subprocess.run(
+            [sys.executable, "results.py", *sample, "--gpu", "0"], cwd=ROOT, capture_output=True, text=True, check=False
+        )
         assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == (
-            "error: --gpu 0 given but no CUDA GPU is available; leave out --gpu to train on the CPU")
+            "error: --gpu 0 given but no CUDA GPU is available; leave out --gpu to train on the CPU"
+        )
 
 
 def test_results_vocab_from_the_training_reviews(tmp_path):
@@ -91,18 +176,57 @@ def test_results_vocab_from_the_training_reviews(tmp_path):
     config.write_text(json.dumps(MICRO))
     out = tmp_path / "out"
     train = head("ratings_train.txt", tmp_path / "train.txt", 400)
-    cmd = [sys.executable, "results.py", "--wiki", os.path.join(SAMPLE, "kowiki-sample.txt.xz"), "--train", train,
-           "--test", head("ratings_test.txt", tmp_path / "test.txt", 50), "--out", str(out), "--img", str(tmp_path / "img"),
-           "--config", str(config), "--vocab_size", "1200", "--vocab_text", "nsmc", "--wiki_steps", "", "--tapt_steps", "2",
-           "--tapt_doc", "50", "--rows", "none", "--seeds", "1", "--lr_none", "1e-3", "--batch", "32", "--epoch", "1"]
+    cmd = [
+        sys.executable,
+        "results.py",
+        "--wiki",
+        os.path.join(SAMPLE, "kowiki-sample.txt.xz"),
+        "--train",
+        train,
+        "--test",
+        head("ratings_test.txt", tmp_path / "test.txt", 50),
+        "--out",
+        str(out),
+        "--img",
+        str(tmp_path / "img"),
+        "--config",
+        str(config),
+        "--vocab_size",
+        "1200",
+        "--vocab_text",
+        "nsmc",
+        "--wiki_steps",
+        "",
+        "--tapt_steps",
+        "2",
+        "--tapt_doc",
+        "50",
+        "--rows",
+        "none",
+        "--seeds",
+        "1",
+        "--lr_none",
+        "1e-3",
+        "--batch",
+        "32",
+        "--epoch",
+        "1",
+    ]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
     text = out / "nsmc_train_doc50.txt"
     assert f"vocab.py --input {text} --prefix {out / 'nsmc_vocab'} " in p.stdout
-    assert f"--vocab {out / 'nsmc_vocab.model'} " in p.stdout and "data.py" not in p.stdout and "pretrain.py" not in p.stdout
+    assert (
+        f"--vocab {out / 'nsmc_vocab.model'} " in p.stdout
+        and "data.py" not in p.stdout
+        and "pretrain.py" not in p.stdout
+    )
     docs = text.read_text(encoding="utf-8").split("\n\n")
     assert [len(d.split("\n")) for d in docs[:-1]] == [50] * 8 and docs[-1] == ""  # 400 reviews, none empty
     # the instances and checkpoints in OUT belong to its vocab: another --vocab_text needs another --out
-    p = subprocess.run([*cmd[:cmd.index("--vocab_text")], "--rows", "none"], cwd=ROOT, capture_output=True, text=True, check=False)
+    p = subprocess.run(
+        [*cmd[: cmd.index("--vocab_text")], "--rows", "none"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == (
-        f"error: {out} holds nsmc_vocab.model, made with another --vocab_text; pass another --out")
+        f"error: {out} holds nsmc_vocab.model, made with another --vocab_text; pass another --out"
+    )

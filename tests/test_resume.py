@@ -1,6 +1,7 @@
 """Fault cases: SIGKILL at a random moment, a kill halfway through a save, SIGTERM, NaN losses, bad instance
 lines, truncated/foreign/malicious/mismatched checkpoints. A resumed run must end with the very weights of an
 uninterrupted one (CPU, same seed, dropout on: the RNG states are restored too)."""
+
 import csv
 import json
 import os
@@ -21,8 +22,15 @@ from errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "data", "sample")
-MICRO = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
-         "max_position_embeddings": 64, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+MICRO = {
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,18 +47,50 @@ def one_thread():
 def setup(tmp_path_factory, sample_spm):
     d = tmp_path_factory.mktemp("resume")
     (d / "micro.json").write_text(json.dumps(MICRO))
-    return {"dir": d, "config": str(d / "micro.json"), "vocab": sample_spm, "instances": write_instances(d / "inst.json", 48)}
+    return {
+        "dir": d,
+        "config": str(d / "micro.json"),
+        "vocab": sample_spm,
+        "instances": write_instances(d / "inst.json", 48),
+    }
 
 
 def args_for(s, save, *extra):
-    return ["--config", s["config"], "--vocab", s["vocab"], "--input", s["instances"], "--save", str(save), "--epoch", "3",
-            "--batch", "2", "--lr", "1e-3", "--fp32", "--save_steps", "1", "--log_every", "1",
-            "--log_dir", str(save) + ".log", *extra]
+    return [
+        "--config",
+        s["config"],
+        "--vocab",
+        s["vocab"],
+        "--input",
+        s["instances"],
+        "--save",
+        str(save),
+        "--epoch",
+        "3",
+        "--batch",
+        "2",
+        "--lr",
+        "1e-3",
+        "--fp32",
+        "--save_steps",
+        "1",
+        "--log_every",
+        "1",
+        "--log_dir",
+        str(save) + ".log",
+        *extra,
+    ]
 
 
 def start(script, args, **env):
-    return subprocess.Popen([sys.executable, script, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+    return subprocess.Popen(
+        [sys.executable, script, *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+    )
 
 
 def wait_for(path, proc, timeout=120):
@@ -130,6 +170,7 @@ def nan_on(calls, cls):
         if count[0] in calls:
             return tuple(o * float("nan") for o in out) if isinstance(out, tuple) else out * float("nan")
         return out
+
     return wrapped
 
 
@@ -147,22 +188,54 @@ def test_nan_loss_is_skipped_and_logged(setup, tmp_path, monkeypatch, capsys):
 def test_nan_losses_in_a_row_stop_with_the_last_good_checkpoint(setup, tmp_path, monkeypatch):
     save = tmp_path / "nan.pth"
     monkeypatch.setattr(model_py.BertForPreTraining, "forward", nan_on(set(range(5, 100)), model_py.BertForPreTraining))
-    with pytest.raises(UserError, match=r"stopped at step 7: 3 NaN/inf losses in a row .*nan\.pth \(step 6\) holds the last good weights"):
+    with pytest.raises(
+        UserError,
+        match=r"stopped at step 7: 3 NaN/inf losses in a row .*nan\.pth \(step 6\) holds the last good weights",
+    ):
         pretrain.main(args_for(setup, save, "--max_bad_steps", "3"))
     state = torch.load(save, weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
 def test_nan_in_fine_tuning_stops(setup, tmp_path, monkeypatch):
-    monkeypatch.setattr(model_py.BertForSequenceClassification, "forward", nan_on(set(range(1, 100)), model_py.BertForSequenceClassification))
-    with pytest.raises(UserError, match=r"stopped at step 2: 2 NaN/inf losses in a row .*no training state was written yet"):
+    monkeypatch.setattr(
+        model_py.BertForSequenceClassification,
+        "forward",
+        nan_on(set(range(1, 100)), model_py.BertForSequenceClassification),
+    )
+    with pytest.raises(
+        UserError, match=r"stopped at step 2: 2 NaN/inf losses in a row .*no training state was written yet"
+    ):
         train.main(finetune_args(setup, tmp_path, "--max_bad_steps", "2"))
 
 
 def finetune_args(s, d, *extra):
-    return ["--config", s["config"], "--vocab", s["vocab"], "--train", nsmc_head(d / "train.txt", 700),
-            "--test", nsmc_head(d / "test.txt", 20), "--valid", "0.3", "--save", str(d / "best.pth"), "--epoch", "2",
-            "--batch", "16", "--lr", "1e-3", "--n_seq", "32", "--fp32", "--log_dir", str(d / "log"), *extra]
+    return [
+        "--config",
+        s["config"],
+        "--vocab",
+        s["vocab"],
+        "--train",
+        nsmc_head(d / "train.txt", 700),
+        "--test",
+        nsmc_head(d / "test.txt", 20),
+        "--valid",
+        "0.3",
+        "--save",
+        str(d / "best.pth"),
+        "--epoch",
+        "2",
+        "--batch",
+        "16",
+        "--lr",
+        "1e-3",
+        "--n_seq",
+        "32",
+        "--fp32",
+        "--log_dir",
+        str(d / "log"),
+        *extra,
+    ]
 
 
 def nsmc_head(path, n):
@@ -192,14 +265,16 @@ def test_fine_tuning_killed_in_a_save_resumes_exactly(setup, tmp_path):
 def test_bad_lines_are_all_named_then_skipped_on_request(setup, tmp_path, capsys):
     with open(setup["instances"]) as f:
         lines = f.readlines()
-    lines[1] = '{"tokens": [5, 9, 4\n'                 # cut short
-    lines[20] = lines[20].replace('"is_next"', '"x"')   # a field missing
-    lines[47] = "\x00\x00garbage\n"                     # the last line
+    lines[1] = '{"tokens": [5, 9, 4\n'  # cut short
+    lines[20] = lines[20].replace('"is_next"', '"x"')  # a field missing
+    lines[47] = "\x00\x00garbage\n"  # the last line
     bad = tmp_path / "bad.json"
     bad.write_text("".join(lines))
     save = tmp_path / "b.pth"
     argv = args_for(setup, save, "--input", str(bad), "--epoch", "1")
-    with pytest.raises(UserError, match=rf"{bad}:2: malformed JSON .*\(and 2 more bad lines, listed above\); or pass --skip_bad_lines"):
+    with pytest.raises(
+        UserError, match=rf"{bad}:2: malformed JSON .*\(and 2 more bad lines, listed above\); or pass --skip_bad_lines"
+    ):
         pretrain.main(argv)
     err = capsys.readouterr().err
     assert all(f"bad line: {bad}:{n}:" in err for n in (2, 21, 48))
@@ -244,7 +319,9 @@ def test_foreign_truncated_malicious_and_mismatched_checkpoints(setup, reference
         pretrain.main(args_for(setup, mid, "--grad_accum", "2"))
     other = tmp_path / "other.json"
     other.write_text(json.dumps({**MICRO, "num_attention_heads": 4}))
-    with pytest.raises(UserError, match=r"num_attention_heads=2 but the config in .*other\.json has num_attention_heads=4"):
+    with pytest.raises(
+        UserError, match=r"num_attention_heads=2 but the config in .*other\.json has num_attention_heads=4"
+    ):
         pretrain.main(args_for(setup, mid, "--config", str(other)))
 
 
@@ -263,11 +340,24 @@ def test_dynamic_masking_and_held_out_eval_resume_exactly(setup, reference, tmp_
     pretrain.main(args_for(setup, stopped, *extra))
     assert_same_state(stopped, straight)  # the masks of a resumed epoch are drawn again, the same
     a, b = torch.load(straight, weights_only=True), torch.load(reference, weights_only=True)
-    assert not torch.equal(a["model"]["bert.embeddings.word_embeddings.weight"], b["model"]["bert.embeddings.word_embeddings.weight"])
+    assert not torch.equal(
+        a["model"]["bert.embeddings.word_embeddings.weight"], b["model"]["bert.embeddings.word_embeddings.weight"]
+    )
     for save in (straight, stopped):
         with open(f"{save}.log/eval.csv") as f:
             rows = list(csv.DictReader(f))
-        assert [int(r["step"]) for r in rows] == [10, 20, 24, 30, 40, 48, 50, 60, 70, 72]  # every 10 steps and at epoch ends
+        assert [int(r["step"]) for r in rows] == [
+            10,
+            20,
+            24,
+            30,
+            40,
+            48,
+            50,
+            60,
+            70,
+            72,
+        ]  # every 10 steps and at epoch ends
         assert all(0 <= float(r["mlm_acc"]) <= 1 and float(r["mlm_loss"]) > 0 for r in rows)
     with open(f"{straight}.log/eval.csv") as f, open(f"{stopped}.log/eval.csv") as g:
         assert f.read() == g.read()

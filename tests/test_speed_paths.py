@@ -1,4 +1,5 @@
 """model.py's training speed paths (model.FAST) against the plain path: same math, real dropout."""
+
 import math
 
 import pytest
@@ -9,8 +10,14 @@ import model
 from errors import UserError
 from model import BertConfig, BertForPreTraining, dropout
 
-CFG = {"vocab_size": 301, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
-       "max_position_embeddings": 32}
+CFG = {
+    "vocab_size": 301,
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "max_position_embeddings": 32,
+}
 
 
 def batch(B=3, T=20, seed=0):
@@ -123,9 +130,26 @@ def test_fast_and_plain_train_alike():
 def test_bench_runs(tmp_path, capsys):
     pytest.importorskip("transformers")
     cfg = tmp_path / "tiny.json"
-    cfg.write_text('{"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, '
-                   '"max_position_embeddings": 64}')
-    bench.main(["--config", str(cfg), "--seq", "64", "--batch", "4", "--steps", "2", "--warmup", "1", "--work", str(tmp_path / "w")])
+    cfg.write_text(
+        '{"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, '
+        '"max_position_embeddings": 64}'
+    )
+    bench.main(
+        [
+            "--config",
+            str(cfg),
+            "--seq",
+            "64",
+            "--batch",
+            "4",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--work",
+            str(tmp_path / "w"),
+        ]
+    )
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("speedup vs transformers: ") and "tok/s" in last
     if not torch.cuda.is_available():
