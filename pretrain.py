@@ -44,6 +44,7 @@ from training import (
     set_seed,
     setup_distributed,
     split_step,
+    stop_bad_steps,
     truncate_csv,
 )
 from vocab import load_vocab
@@ -145,7 +146,8 @@ def check_fits(store, path, config, config_path, vocab_path):
     if store.max_len > config.max_position_embeddings:
         raise UserError(
             f"{path} has instances of {store.max_len} tokens but {config_path} allows "
-            f"{config.max_position_embeddings} positions; rebuild with `python data.py --n_seq {config.max_position_embeddings}`"
+            f"{config.max_position_embeddings} positions; "
+            f"rebuild with `python data.py --n_seq {config.max_position_embeddings}`"
         )
     if store.max_id >= config.vocab_size:
         raise UserError(
@@ -197,51 +199,96 @@ def evaluate(model, data, batch, device, autocast):
     }
 
 
-def main(argv=None):
-    args = get_args(argv)
+def check_args(args):
+    """-> the steps of --keep_steps, after the checks of the options."""
     if args.epoch < 1 or args.batch < 1 or args.grad_accum < 1:
         raise UserError("--epoch, --batch and --grad_accum must be at least 1")
     if not 0 < args.mask_prob < 1:
         raise UserError(f"--mask_prob must be in (0, 1), got {args.mask_prob}")
     require_file(args.config, "pass --config config_half.json or config.json")
     try:
-        keep_steps = {int(s) for s in args.keep_steps.split(",") if s.strip()}
+        return {int(s) for s in args.keep_steps.split(",") if s.strip()}
     except ValueError:
         raise UserError(f"--keep_steps takes comma-separated step numbers, got {args.keep_steps!r}") from None
+
+
+def load_instances(args, sp, config, rank, world):
+    """-> the training instances (masked anew every epoch with --dynamic_mask) and the held-out ones (rank 0, or
+    None). Rank 0 builds the binary cache of --input first; the others then read it."""
+    data = rank0_first(lambda: PretrainStore(args.input, args.skip_bad_lines), rank, world)
+    data = check_fits(data, args.input, config, args.config, args.vocab)
+    eval_data = None
+    if args.eval_input and rank == 0:
+        eval_data = check_fits(PretrainStore(args.eval_input), args.eval_input, config, args.config, args.vocab)
+    if args.dynamic_mask:
+        max_pred = max(1, round(data.max_len * args.mask_prob))
+        data = DynamicMasking(data, word_starts(sp), args.mask_prob, max_pred, args.seed)
+    return data, eval_data
+
+
+def load_initial_weights(model, args, config, log):
+    """--pretrain's weights into the model; heads the checkpoint lacks (a fine-tuned or bare BertModel one) stay
+    random."""
+    state = load_checkpoint(args.pretrain, "pass a pretrain.py checkpoint or a Hugging Face BERT directory")
+    check_config(state, config, args.pretrain, args.config)
+    weights = {k: v for k, v in state["model"].items() if not k.startswith("classifier.")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    assert not unexpected and all(k.startswith("cls.") for k in missing), (missing, unexpected)
+    fresh = sorted({".".join(k.split(".")[:2]) for k in missing})
+    log(f"starting from the weights of {args.pretrain}" + (f"; new random {', '.join(fresh)}" if fresh else ""))
+
+
+def restore_state(path, args, config, fields, model, optimizer, scheduler, scaler):
+    """Load the checkpoint at `path` into the model, optimizer, scheduler and scaler after checking it can go on
+    with this run's `fields`; -> the checkpoint, for its counters."""
+    state = load_checkpoint(path, "delete it or pass another --save to start afresh")
+    check_config(state, config, path, args.config)
+    if "optimizer" not in state:
+        raise UserError(f"{path} is a fine-tuned model, not a pretraining checkpoint; pass another --save")
+    # mid-epoch, the rest of the epoch's data order depends on these (global_batch: --batch x --grad_accum x processes)
+    for name, value in fields.items():
+        if state.get("epoch_step", 0) and state.get(name) != value:
+            raise UserError(f"{path} stopped mid-epoch with {name}={state.get(name)} but this run has {name}={value}; "
+                            "resume with the same, or delete it to start afresh")
+    restore_training(state, model, optimizer, scheduler, scaler)
+    return state
+
+
+def train_step(model, micro_batches, n_mask, n_inst, world, device, autocast, scaler):
+    """Forward and backward over the micro-batches of one optimizer step (`n_mask` masked tokens and `n_inst`
+    instances over all processes); -> this process's counts for the log: pretraining_losses' six and the tokens."""
+    sums = torch.zeros(7, device=device)
+    for k, batch in enumerate(micro_batches):
+        batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}
+        if world > 1:
+            model.require_backward_grad_sync = k == len(micro_batches) - 1  # DDP all-reduces on the last one only
+        mlm_loss, nsp_loss, counts = pretraining_losses(model, batch, autocast)
+        # means over the whole step (every process and micro-batch), so N processes x batch B x K micro-batches
+        # make the gradient of one process with batch N*B*K; DDP divides by the number of processes, hence * world
+        loss = (mlm_loss / max(n_mask, 1) + nsp_loss / n_inst) * world
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        sums[:6] += counts
+        sums[6] += batch["attention_mask"].sum()
+    return sums
+
+
+def main(argv=None):
+    # arguments, checks, processes and precision
+    args = get_args(argv)
+    keep_steps = check_args(args)
     rank, world, device = setup_distributed(args.gpu)
     master = rank == 0  # only rank 0 prints, logs, plots and writes checkpoints
     log = print if master else lambda *a, **k: None
     set_seed(args.seed + rank)  # dropout differs per process; DDP copies rank 0's initial weights to the others
     autocast, scaler, precision = mixed_precision(device, args.fp32)
 
+    # model and data
     sp = load_vocab(args.vocab)
     config = BertConfig.from_json_file(args.config, vocab_size=sp.get_piece_size())
-    data = check_fits(
-        rank0_first(lambda: PretrainStore(args.input, args.skip_bad_lines), rank, world),  # rank 0 builds the cache
-        args.input,
-        config,
-        args.config,
-        args.vocab,
-    )
-    eval_data = None
-    if args.eval_input and rank == 0:
-        eval_data = check_fits(PretrainStore(args.eval_input), args.eval_input, config, args.config, args.vocab)
-    if args.dynamic_mask:
-        data = DynamicMasking(
-            data, word_starts(sp), args.mask_prob, max(1, round(data.max_len * args.mask_prob)), args.seed
-        )
-
+    data, eval_data = load_instances(args, sp, config, rank, world)
     model = BertForPreTraining(config).to(device)
     if args.pretrain and not os.path.exists(args.save):
-        state = load_checkpoint(args.pretrain, "pass a pretrain.py checkpoint or a Hugging Face BERT directory")
-        check_config(state, config, args.pretrain, args.config)
-        weights = {k: v for k, v in state["model"].items() if not k.startswith("classifier.")}
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        assert not unexpected and all(k.startswith("cls.") for k in missing), (missing, unexpected)
-        fresh = sorted(
-            {".".join(k.split(".")[:2]) for k in missing}
-        )  # heads a fine-tuned or BertModel checkpoint lacks
-        log(f"starting from the weights of {args.pretrain}" + (f"; new random {', '.join(fresh)}" if fresh else ""))
+        load_initial_weights(model, args, config, log)
     optimizer = configure_optimizer(model, args.lr, args.weight_decay, device_type=device.type)
     global_batch = args.batch * args.grad_accum * world  # instances per optimizer step, all processes together
     min_size = world * args.grad_accum
@@ -254,34 +301,24 @@ def main(argv=None):
     warmup = max(1, int(args.warmup * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_warmup_decay(s, warmup, total_steps))
 
-    epoch, step, epoch_step, rng = 0, 0, 0, None  # epochs done, optimizer steps done, steps done in the current epoch
+    # resume: epochs done, optimizer steps done, steps done in the current epoch
+    epoch, step, epoch_step, rng = 0, 0, 0, None
+    fields = {"global_batch": global_batch, "instances": len(data), "seed": args.seed}
     if os.path.exists(args.save):
-        state = load_checkpoint(args.save, "delete it or pass another --save to start afresh")
-        check_config(state, config, args.save, args.config)
-        if "optimizer" not in state:
-            raise UserError(f"{args.save} is a fine-tuned model, not a pretraining checkpoint; pass another --save")
+        state = restore_state(args.save, args, config, fields, model, optimizer, scheduler, scaler)
         epoch, step, epoch_step, rng = state["epoch"], state["step"], state.get("epoch_step", 0), state.get("rng")
-        # mid-epoch, the rest of the epoch's data order depends on these (global_batch: --batch x --grad_accum x processes)
-        for name, value in {"global_batch": global_batch, "instances": len(data), "seed": args.seed}.items():
-            if epoch_step and state.get(name) != value:
-                raise UserError(
-                    f"{args.save} stopped mid-epoch with {name}={state.get(name)} but this run has {name}={value}; "
-                    "resume with the same, or delete it to start afresh"
-                )
-        restore_training(state, model, optimizer, scheduler, scaler)
-        log(
-            f"resuming from {args.save}: {epoch} epochs, {step} steps done"
-            + (f" ({epoch_step} into epoch {epoch + 1})" if epoch_step else "")
-        )
+        into = f" ({epoch_step} into epoch {epoch + 1})" if epoch_step else ""
+        log(f"resuming from {args.save}: {epoch} epochs, {step} steps done{into}")
         if epoch >= args.epoch or (args.max_steps and step >= args.max_steps):
             log(f"nothing to do: {args.save} already has {epoch} epochs / {step} steps; raise --epoch to train more")
             return
-    log(
-        f"model: {count_parameters(model) / 1e6:.1f}M parameters, {config.num_hidden_layers} layers, "
-        f"hidden {config.hidden_size}; {len(data):,} instances; {precision} on {device}; {total_steps:,} steps of "
-        f"effective batch {global_batch} ({args.batch} x {args.grad_accum} micro-batches x {world} processes)"
-    )
-
+    if rng and len(rng) == world:
+        set_rng_state(rng[rank])  # dropout goes on with the masks it would have drawn
+    elif rng:
+        log(f"note: {args.save} was written by {len(rng)} processes, this run has {world}; dropout draws new masks")
+    log(f"model: {count_parameters(model) / 1e6:.1f}M parameters, {config.num_hidden_layers} layers, hidden "
+        f"{config.hidden_size}; {len(data):,} instances; {precision} on {device}; {total_steps:,} steps of effective "
+        f"batch {global_batch} ({args.batch} x {args.grad_accum} micro-batches x {world} processes)")
     log_csv, eval_csv = os.path.join(args.log_dir, "log.csv"), os.path.join(args.log_dir, "eval.csv")
     if master:
         os.makedirs(args.log_dir, exist_ok=True)
@@ -296,35 +333,19 @@ def main(argv=None):
     def save():
         states = gather_rng_states(world)  # every rank takes part; rank 0 writes
         if master:
-            save_checkpoint(
-                args.save,
-                {
-                    "model": raw_model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler else None,
-                    "epoch": epoch,
-                    "step": step,
-                    "epoch_step": epoch_step,
-                    "global_batch": global_batch,
-                    "instances": len(data),
-                    "seed": args.seed,
-                    "rng": states,
-                    "config": config.to_dict(),
-                    "vocab_size": config.vocab_size,
-                },
-            )
+            save_checkpoint(args.save, {
+                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                "epoch": epoch, "step": step, "epoch_step": epoch_step, "rng": states, "config": config.to_dict(),
+                "vocab_size": config.vocab_size, **fields,
+            })
 
-    if rng and len(rng) == world:
-        set_rng_state(rng[rank])  # dropout goes on with the masks it would have drawn
-    elif rng:
-        log(f"note: {args.save} was written by {len(rng)} processes, this run has {world}; dropout draws new masks")
+    # the loop: steps over a fresh permutation every epoch; log rows, held-out evaluation and saves along the way
     stop = StopSignal()
     loader_gen = torch.Generator()  # the DataLoader seeds its workers from this, not from the RNG dropout uses
     model.train()
-    sums = torch.zeros(
-        8, device=device
-    )  # mlm loss, mlm correct, mlm count, nsp loss, nsp correct, instances, tokens, skipped
+    # mlm loss, mlm correct, mlm count, nsp loss, nsp correct, instances, tokens, skipped steps
+    sums = torch.zeros(8, device=device)
     bad_steps = 0
     t_start = t_log = time.time()
     try:
@@ -334,128 +355,71 @@ def main(argv=None):
                 data.epoch = epoch  # before the DataLoader copies the dataset into its workers
             micro = [mb for b in batches[epoch_step:] for mb in split_step(b, rank, world, args.grad_accum)]
             loader = torch.utils.data.DataLoader(
-                data,
-                batch_sampler=micro,
-                collate_fn=collate_pretrain,
-                num_workers=args.workers,
-                pin_memory=device.type == "cuda",
-                generator=loader_gen,
-                worker_init_fn=ignore_sigint,
+                data, batch_sampler=micro, collate_fn=collate_pretrain, num_workers=args.workers,
+                pin_memory=device.type == "cuda", generator=loader_gen, worker_init_fn=ignore_sigint,
             )
             it = iter(loader)
-            bar = tqdm(
-                zip(*[it] * args.grad_accum),
-                desc=f"epoch {epoch + 1}/{args.epoch}",
-                total=len(batches),
-                initial=epoch_step,
-                disable=not master,
-            )
+            bar = tqdm(zip(*[it] * args.grad_accum), desc=f"epoch {epoch + 1}/{args.epoch}", total=len(batches),
+                       initial=epoch_step, disable=not master)
             for micro_batches in bar:  # the micro-batches of one optimizer step
-                # the step's instance and masked-token counts over all processes normalize the losses; the stop flag rides along
-                counts = torch.tensor(
-                    [
-                        sum(int((b["mask_label"] != -100).sum()) for b in micro_batches),
-                        sum(len(b["is_next"]) for b in micro_batches),
-                        stop.signum,
-                    ],
-                    dtype=torch.float64,
-                    device=device,
-                )
+                # the step's instance and masked-token counts over all processes normalize the losses; the stop
+                # flag rides along
+                counts = torch.tensor([sum(int((b["mask_label"] != -100).sum()) for b in micro_batches),
+                                       sum(len(b["is_next"]) for b in micro_batches), stop.signum],
+                                      dtype=torch.float64, device=device)
                 n_mask, n_inst, signaled = all_sum(counts, world).tolist()
                 if signaled:
                     stop.save_and_exit(save, args.save, step, log)
-                for k, batch in enumerate(micro_batches):
-                    batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}
-                    if world > 1:
-                        model.require_backward_grad_sync = (
-                            k == args.grad_accum - 1
-                        )  # DDP all-reduces on the last micro-batch only
-                    mlm_loss, nsp_loss, counts = pretraining_losses(model, batch, autocast)
-                    # means over the whole step (every process and micro-batch), so N processes x batch B x K micro-batches
-                    # make the gradient of one process with batch N*B*K; DDP divides by the number of processes, hence * world
-                    loss = (mlm_loss / max(n_mask, 1) + nsp_loss / n_inst) * world
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
-                    sums[:6] += counts
-                    sums[6] += batch["attention_mask"].sum()
+                sums[:7] += train_step(model, micro_batches, n_mask, n_inst, world, device, autocast, scaler)
                 ok = optimizer_step(model, optimizer, scheduler, scaler, args.clip)
-                step += 1
-                epoch_step += 1
+                step, epoch_step = step + 1, epoch_step + 1
                 bad_steps = 0 if ok else bad_steps + 1
                 if not ok:
                     sums[7] += 1
                     log(f"step {step}: NaN/inf loss, step skipped ({bad_steps} in a row)", file=sys.stderr)
                     if bad_steps >= args.max_bad_steps:
-                        # skipped steps leave the weights alone, so the last checkpoint holds good ones
-                        kept = (
-                            f"{args.save} (step {torch.load(args.save, weights_only=True)['step']}) holds the last good weights"
-                            if os.path.exists(args.save)
-                            else "no checkpoint was written yet"
-                        )
-                        raise UserError(
-                            f"stopped at step {step}: {bad_steps} NaN/inf losses in a row (--max_bad_steps); "
-                            f"{kept}; lower --lr or check the data"
-                        )
+                        stop_bad_steps(step, bad_steps, args.save, "checkpoint")
                 last = epoch_step == len(batches)
                 at_max = bool(args.max_steps) and step >= args.max_steps
                 if step % args.log_every == 0 or last or at_max:
                     s = all_sum(sums.clone(), world).tolist()  # one host sync per log row, not per step
                     if master:
-                        row = {
-                            "epoch": epoch + 1,
-                            "step": step,
-                            "lr": scheduler.get_last_lr()[0],
-                            "mlm_loss": s[0] / max(1, s[2]),
-                            "mlm_acc": s[1] / max(1, s[2]),
-                            "nsp_loss": s[3] / s[5],
-                            "nsp_acc": s[4] / s[5],
-                            "tokens_per_s": s[6] / (time.time() - t_log),
-                            "skipped": int(s[7]),
-                            "elapsed_s": time.time() - t_start,
-                        }
+                        row = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],
+                               "mlm_loss": s[0] / max(1, s[2]), "mlm_acc": s[1] / max(1, s[2]),
+                               "nsp_loss": s[3] / s[5], "nsp_acc": s[4] / s[5],
+                               "tokens_per_s": s[6] / (time.time() - t_log), "skipped": int(s[7]),
+                               "elapsed_s": time.time() - t_start}
                         append_csv(log_csv, row)
-                        bar.set_postfix(
-                            mlm_loss=f"{row['mlm_loss']:.3f}",
-                            mlm_acc=f"{row['mlm_acc']:.3f}",
-                            nsp_acc=f"{row['nsp_acc']:.3f}",
-                        )
+                        bar.set_postfix(mlm_loss=f"{row['mlm_loss']:.3f}", mlm_acc=f"{row['mlm_acc']:.3f}",
+                                        nsp_acc=f"{row['nsp_acc']:.3f}")
                     sums.zero_()
                     t_log = time.time()
                 if eval_data is not None and (last or at_max or (args.eval_steps and step % args.eval_steps == 0)):
-                    row = {
-                        "epoch": epoch + 1,
-                        "step": step,
-                        **evaluate(raw_model, eval_data, args.batch, device, autocast),
-                    }
+                    row = {"epoch": epoch + 1, "step": step, **evaluate(raw_model, eval_data, args.batch, device,
+                                                                        autocast)}
                     append_csv(eval_csv, row)
-                    tqdm.write(
-                        f"step {step}: held-out mlm_loss {row['mlm_loss']:.3f}, mlm_acc {row['mlm_acc']:.3f}, nsp_acc {row['nsp_acc']:.3f}"
-                    )
+                    tqdm.write(f"step {step}: held-out mlm_loss {row['mlm_loss']:.3f}, mlm_acc {row['mlm_acc']:.3f}, "
+                               f"nsp_acc {row['nsp_acc']:.3f}")
                 if last:
                     epoch, epoch_step = epoch + 1, 0
                 if last or at_max or (args.save_steps and step % args.save_steps == 0):
                     save()
                 if step in keep_steps and master:
-                    save_checkpoint(
-                        kept_path(args.save, step),
-                        {
-                            "model": raw_model.state_dict(),
-                            "config": config.to_dict(),
-                            "vocab_size": config.vocab_size,
-                            "step": step,
-                        },
-                    )
+                    save_checkpoint(kept_path(args.save, step), {"model": raw_model.state_dict(), "step": step,
+                                                                  "config": config.to_dict(),
+                                                                  "vocab_size": config.vocab_size})
                 if last and master:
                     plot_csv(log_csv, os.path.join(args.log_dir, "loss.svg"), "step", ["mlm_loss", "nsp_loss"], "loss")
                     print(f"epoch {epoch}: saved {args.save} (step {step}); log {log_csv}")
                 if at_max:
                     break
     except torch.OutOfMemoryError:
-        raise UserError(
-            f"out of memory at step {step + 1} with --batch {args.batch}: lower --batch and raise --grad_accum "
-            f"to keep the effective batch; {args.save} holds the last checkpoint"
-        ) from None
+        raise UserError(f"out of memory at step {step + 1} with --batch {args.batch}: lower --batch and raise "
+                        f"--grad_accum to keep the effective batch; {args.save} holds the last checkpoint") from None
     finally:
         stop.restore()
+
+    # the end of the run
     finish_distributed(world)
 
 

@@ -16,6 +16,7 @@ exactly where the last one stopped, and deletes it when it is done. SIGINT/SIGTE
 """
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -44,6 +45,7 @@ from training import (
     set_seed,
     setup_distributed,
     split_step,
+    stop_bad_steps,
     truncate_csv,
 )
 from vocab import load_vocab
@@ -100,7 +102,8 @@ def get_args(argv=None):
 
 @torch.no_grad()
 def evaluate(model, ids, labels, batch, n_seq, device, autocast, rank=0, world=1):
-    """-> (mean loss, accuracy). Reviews are sorted by length so each batch pads little; process r takes every world-th batch."""
+    """-> (mean loss, accuracy). Reviews are sorted by length so each batch pads little; process r takes every
+    world-th batch."""
     model.eval()
     order = np.argsort([len(x) for x in ids], kind="stable")
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, correct
@@ -119,64 +122,111 @@ def evaluate(model, ids, labels, batch, n_seq, device, autocast, rank=0, world=1
     return loss / len(ids), correct / len(ids)
 
 
-def main(argv=None):
-    args = get_args(argv)
+def check_args(args):
     if args.epoch < 1 or args.batch < 1 or args.grad_accum < 1 or not 0 <= args.valid < 1:
         raise UserError("--epoch, --batch and --grad_accum must be at least 1 and --valid in [0, 1)")
     require_file(args.config, "pass --config config_half.json or config.json")
+
+
+def build_model(args, config, log):
+    """A classifier with --pretrain's encoder weights (and a new random head), or random weights throughout."""
+    model = BertForSequenceClassification(config)
+    if not args.pretrain:
+        log("no --pretrain given: training from scratch (random weights)")
+        return model
+    state = load_checkpoint(args.pretrain)
+    check_config(state, config, args.pretrain, args.config)
+    missing, unexpected = model.load_state_dict(encoder_weights(state), strict=False)
+    assert not unexpected and all(k.startswith("classifier.") for k in missing), (missing, unexpected)
+    done = f" ({state['step']} pretraining steps)" if "step" in state else ""
+    log(f"fine-tuning from {args.pretrain}{done}")
+    return model
+
+
+def load_splits(args, sp):
+    """-> train, valid, test: (token ids, labels) each. The --valid share of --train is drawn from --seed."""
+    reviews, labels = read_nsmc(args.train)
+    test_reviews, test_labels = read_nsmc(args.test)
+    perm = np.random.default_rng(args.seed).permutation(len(reviews))
+    n_valid = round(args.valid * len(reviews))
+    ids = encode_reviews(sp, reviews, args.n_seq)
+    train = [ids[i] for i in perm[n_valid:]], [labels[i] for i in perm[n_valid:]]
+    valid = [ids[i] for i in perm[:n_valid]], [labels[i] for i in perm[:n_valid]]
+    return train, valid, (encode_reviews(sp, test_reviews, args.n_seq), test_labels)
+
+
+def epoch_batches(lengths, global_batch, min_size, seed, epoch):
+    """Length-bucketed global batches drawn from (seed, epoch) alone, so a resumed run draws them again;
+    a batch too small to give every process and micro-batch a review is dropped."""
+    batches = length_batches(lengths, global_batch, np.random.default_rng([seed, epoch]))
+    return [b for b in batches if len(b) >= min_size]
+
+
+def restore_state(path, args, config, fields, model, optimizer, scheduler, scaler):
+    """Load the training state at `path` into the model, optimizer, scheduler and scaler after checking it was made
+    with this run's options (`fields`); -> the state, for its counters."""
+    state = load_checkpoint(path, "delete it to start afresh")
+    check_config(state, config, path, args.config)
+    if "best" not in state:
+        raise UserError(f"{path} is not a train.py training state; pass another --resume")
+    if not state["epoch_step"]:
+        fields.pop("global_batch")  # only the data order within an epoch depends on it
+    for name, value in fields.items():
+        if state[name] != value:
+            raise UserError(
+                f"{path} has {name}={state[name]} but this run has {name}={value}; "
+                "run with the same options, or delete it to start afresh"
+            )
+    restore_training(state, model, optimizer, scheduler, scaler)
+    return state
+
+
+def train_step(model, micro, n_step, world, device, autocast, scaler):
+    """Forward and backward over the micro-batches of one optimizer step (`n_step` reviews over all processes);
+    -> [summed loss, reviews] of this process."""
+    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    for k, b in enumerate(micro):
+        b = {key: v.to(device, non_blocking=True) for key, v in b.items()}
+        if world > 1:
+            model.require_backward_grad_sync = k == len(micro) - 1  # DDP all-reduces on the last micro-batch only
+        with autocast:
+            logits = model(b["input_ids"], attention_mask=b["attention_mask"])
+        loss_sum = F.cross_entropy(logits.float(), b["labels"], reduction="sum")
+        # the mean over the whole step, so N processes x batch B x K micro-batches make the gradient of
+        # one process with batch N*B*K; DDP divides by the number of processes, hence * world
+        loss = loss_sum / n_step * world
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        sums += torch.stack([loss_sum.detach().double(), torch.tensor(len(b["labels"]), device=device)])
+    return sums
+
+
+def main(argv=None):
+    # arguments, checks, processes and precision
+    args = get_args(argv)
+    check_args(args)
     rank, world, device = setup_distributed(args.gpu)
     master = rank == 0  # only rank 0 prints, logs, plots and writes checkpoints
     log = print if master else lambda *a, **k: None
     set_seed(args.seed + rank)  # dropout differs per process; DDP copies rank 0's initial weights to the others
     autocast, scaler, precision = mixed_precision(device, args.fp32)
 
+    # model and data
     sp = load_vocab(args.vocab)
     config = BertConfig.from_json_file(args.config, vocab_size=sp.get_piece_size())
     args.n_seq = args.n_seq or min(128, config.max_position_embeddings)
     if args.n_seq > config.max_position_embeddings:
-        raise UserError(
-            f"--n_seq {args.n_seq} is above the {config.max_position_embeddings} positions of {args.config}"
-        )
-    model = BertForSequenceClassification(config)
-    if args.pretrain:
-        state = load_checkpoint(args.pretrain)
-        check_config(state, config, args.pretrain, args.config)
-        missing, unexpected = model.load_state_dict(encoder_weights(state), strict=False)
-        assert not unexpected and all(k.startswith("classifier.") for k in missing), (missing, unexpected)
-        done = f" ({state['step']} pretraining steps)" if "step" in state else ""
-        log(f"fine-tuning from {args.pretrain}{done}")
-    else:
-        log("no --pretrain given: training from scratch (random weights)")
-    model.to(device)
-
-    reviews, labels = read_nsmc(args.train)
-    test_reviews, test_labels = read_nsmc(args.test)
-    perm = np.random.default_rng(args.seed).permutation(len(reviews))
-    n_valid = round(args.valid * len(reviews))
-    valid_idx, train_idx = perm[:n_valid], perm[n_valid:]
-    ids = encode_reviews(sp, reviews, args.n_seq)
-    test_ids = encode_reviews(sp, test_reviews, args.n_seq)
-    train_ids, train_labels = [ids[i] for i in train_idx], [labels[i] for i in train_idx]
-    valid_ids, valid_labels = [ids[i] for i in valid_idx], [labels[i] for i in valid_idx]
+        raise UserError(f"--n_seq {args.n_seq} is above the {config.max_position_embeddings} positions of "
+                        f"{args.config}")
+    model = build_model(args, config, log).to(device)
+    (train_ids, train_labels), (valid_ids, valid_labels), (test_ids, test_labels) = load_splits(args, sp)
     log(
-        f"model: {count_parameters(model) / 1e6:.1f}M parameters; {len(train_ids):,} train / {len(valid_ids):,} valid / "
-        f"{len(test_ids):,} test reviews; {precision} on {device}"
+        f"model: {count_parameters(model) / 1e6:.1f}M parameters; {len(train_ids):,} train / {len(valid_ids):,} "
+        f"valid / {len(test_ids):,} test reviews; {precision} on {device}"
     )
-
     lengths = np.array([len(x) for x in train_ids])
     global_batch = args.batch * args.grad_accum * world  # reviews per optimizer step, all processes together
     min_size = world * args.grad_accum
-
-    def epoch_batches(epoch):
-        """Length-bucketed global batches drawn from (seed, epoch) alone, so a resumed run draws them again;
-        a batch too small to give every process and micro-batch a review is dropped."""
-        return [
-            b
-            for b in length_batches(lengths, global_batch, np.random.default_rng([args.seed, epoch]))
-            if len(b) >= min_size
-        ]
-
-    steps_per_epoch = len(epoch_batches(0))  # the count does not depend on the draw
+    steps_per_epoch = len(epoch_batches(lengths, global_batch, min_size, args.seed, 0))  # the same for every draw
     if steps_per_epoch == 0:
         raise UserError(
             f"{args.train} leaves {len(train_ids)} training reviews, fewer than processes x --grad_accum ({min_size})"
@@ -185,48 +235,26 @@ def main(argv=None):
     total_steps = steps_per_epoch * args.epoch
     warmup = max(1, int(args.warmup * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_warmup_decay(s, warmup, total_steps))
-    log(
-        f"{total_steps:,} steps of effective batch {global_batch} ({args.batch} x {args.grad_accum} micro-batches x {world} processes)"
-    )
+    log(f"{total_steps:,} steps of effective batch {global_batch} ({args.batch} x {args.grad_accum} micro-batches x "
+        f"{world} processes)")
 
+    # resume: epochs done, optimizer steps done, steps into the current epoch, the best epoch so far
     resume = args.resume or os.path.splitext(args.save)[0] + ".resume.pth"
-    epoch, step, epoch_step, best, rng = (
-        0,
-        0,
-        0,
-        None,
-        None,
-    )  # epochs done, optimizer steps done, steps into the current epoch
+    epoch, step, epoch_step, best, rng = 0, 0, 0, None, None
     epoch_sums = torch.zeros(2, dtype=torch.float64, device=device)  # this epoch's training loss and reviews so far
+    fields = {"n_seq": args.n_seq, "valid": args.valid, "seed": args.seed, "train_reviews": len(train_ids),
+              "global_batch": global_batch}  # a resumed run must have the same
     if os.path.exists(resume):
-        state = load_checkpoint(resume, "delete it to start afresh")
-        check_config(state, config, resume, args.config)
-        if "best" not in state:
-            raise UserError(f"{resume} is not a train.py training state; pass another --resume")
-        fields = {"n_seq": args.n_seq, "valid": args.valid, "seed": args.seed, "train_reviews": len(train_ids)}
-        if state["epoch_step"]:
-            fields["global_batch"] = global_batch  # the data order within an epoch depends on it
-        for name, value in fields.items():
-            if state[name] != value:
-                raise UserError(
-                    f"{resume} has {name}={state[name]} but this run has {name}={value}; "
-                    "run with the same options, or delete it to start afresh"
-                )
-        restore_training(state, model, optimizer, scheduler, scaler)
-        epoch, step, epoch_step, best, rng = (
-            state["epoch"],
-            state["step"],
-            state["epoch_step"],
-            state["best"],
-            state["rng"],
-        )
+        state = restore_state(resume, args, config, dict(fields), model, optimizer, scheduler, scaler)
+        epoch, step, epoch_step, best, rng = (state[k] for k in ("epoch", "step", "epoch_step", "best", "rng"))
         if master:  # the other ranks' sums start at 0: the epoch's total is their sum
             epoch_sums += state["epoch_sums"].to(device)
-        log(
-            f"resuming from {resume}: {epoch} epochs, {step} steps done"
-            + (f" ({epoch_step} into epoch {epoch + 1})" if epoch_step else "")
-        )
-
+        into = f" ({epoch_step} into epoch {epoch + 1})" if epoch_step else ""
+        log(f"resuming from {resume}: {epoch} epochs, {step} steps done{into}")
+    if rng and len(rng) == world:
+        set_rng_state(rng[rank])  # dropout goes on with the masks it would have drawn
+    elif rng:
+        log(f"note: {resume} was written by {len(rng)} processes, this run has {world}; dropout draws new masks")
     log_csv = os.path.join(args.log_dir, "log.csv")
     if master:
         os.makedirs(args.log_dir, exist_ok=True)
@@ -241,33 +269,14 @@ def main(argv=None):
         states = gather_rng_states(world)  # every rank takes part; rank 0 writes
         sums = all_sum(epoch_sums.clone(), world).cpu()
         if master:
-            save_checkpoint(
-                resume,
-                {
-                    "model": raw_model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler else None,
-                    "epoch": epoch,
-                    "step": step,
-                    "epoch_step": epoch_step,
-                    "global_batch": global_batch,
-                    "epoch_sums": sums,
-                    "best": best,
-                    "rng": states,
-                    "n_seq": args.n_seq,
-                    "valid": args.valid,
-                    "seed": args.seed,
-                    "train_reviews": len(train_ids),
-                    "config": config.to_dict(),
-                    "vocab_size": config.vocab_size,
-                },
-            )
+            save_checkpoint(resume, {
+                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                "epoch": epoch, "step": step, "epoch_step": epoch_step, "epoch_sums": sums, "best": best,
+                "rng": states, "config": config.to_dict(), "vocab_size": config.vocab_size, **fields,
+            })
 
-    if rng and len(rng) == world:
-        set_rng_state(rng[rank])  # dropout goes on with the masks it would have drawn
-    elif rng:
-        log(f"note: {resume} was written by {len(rng)} processes, this run has {world}; dropout draws new masks")
+    # the loop: epochs of length-bucketed steps, then validation and test accuracy at each epoch's end
     stop = StopSignal()
     bad_steps = 0
     t_start = time.time()
@@ -275,119 +284,61 @@ def main(argv=None):
     try:
         while epoch < args.epoch:
             if args.patience and valid_ids and best and epoch - best["epoch"] >= args.patience:
-                log(
-                    f"early stop: no better validation accuracy in the {args.patience} epoch(s) after epoch {best['epoch']}"
-                )
+                log(f"early stop: no better validation accuracy in the {args.patience} epoch(s) after epoch "
+                    f"{best['epoch']}")
                 break
-            batches = epoch_batches(epoch)
-            bar = tqdm(
-                batches[epoch_step:],
-                desc=f"epoch {epoch + 1}/{args.epoch}",
-                total=len(batches),
-                initial=epoch_step,
-                disable=not master,
-            )
+            batches = epoch_batches(lengths, global_batch, min_size, args.seed, epoch)
+            bar = tqdm(batches[epoch_step:], desc=f"epoch {epoch + 1}/{args.epoch}", total=len(batches),
+                       initial=epoch_step, disable=not master)
             for gb in bar:
                 micro = [
                     collate_reviews([train_ids[i] for i in mb], [train_labels[i] for i in mb], args.n_seq)
                     for mb in split_step(gb, rank, world, args.grad_accum)
                 ]
                 # the step's review count over all processes normalizes the loss; the stop flag rides along
-                counts = torch.tensor(
-                    [sum(len(b["labels"]) for b in micro), stop.signum], dtype=torch.float64, device=device
-                )
+                counts = torch.tensor([sum(len(b["labels"]) for b in micro), stop.signum], dtype=torch.float64,
+                                      device=device)
                 n_step, signaled = all_sum(counts, world).tolist()
                 if signaled:
                     stop.save_and_exit(save_state, resume, step, log)
-                for k, b in enumerate(micro):
-                    b = {key: v.to(device, non_blocking=True) for key, v in b.items()}
-                    if world > 1:
-                        model.require_backward_grad_sync = (
-                            k == args.grad_accum - 1
-                        )  # DDP all-reduces on the last micro-batch only
-                    with autocast:
-                        logits = model(b["input_ids"], attention_mask=b["attention_mask"])
-                    loss_sum = F.cross_entropy(logits.float(), b["labels"], reduction="sum")
-                    # the mean over the whole step, so N processes x batch B x K micro-batches make the gradient of
-                    # one process with batch N*B*K; DDP divides by the number of processes, hence * world
-                    loss = loss_sum / n_step * world
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
-                    epoch_sums += torch.stack(
-                        [loss_sum.detach().double(), torch.tensor(len(b["labels"]), dtype=torch.float64, device=device)]
-                    )
+                epoch_sums += train_step(model, micro, n_step, world, device, autocast, scaler)
                 ok = optimizer_step(model, optimizer, scheduler, scaler, args.clip)
-                step += 1
-                epoch_step += 1
+                step, epoch_step = step + 1, epoch_step + 1
                 bad_steps = 0 if ok else bad_steps + 1
                 if not ok:
                     log(f"step {step}: NaN/inf loss, step skipped ({bad_steps} in a row)", file=sys.stderr)
                     if bad_steps >= args.max_bad_steps:
-                        # skipped steps leave the weights alone, so the last checkpoint holds good ones
-                        kept = (
-                            f"{resume} (step {torch.load(resume, weights_only=True)['step']}) holds the last good weights"
-                            if os.path.exists(resume)
-                            else "no training state was written yet"
-                        )
-                        raise UserError(
-                            f"stopped at step {step}: {bad_steps} NaN/inf losses in a row (--max_bad_steps); "
-                            f"{kept}; lower --lr or check the data"
-                        )
+                        stop_bad_steps(step, bad_steps, resume, "training state")
                 if args.save_steps and step % args.save_steps == 0 and epoch_step < len(batches):
                     save_state()
-            valid_loss, valid_acc = (
-                evaluate(raw_model, valid_ids, valid_labels, args.batch * 2, args.n_seq, device, autocast, rank, world)
-                if valid_ids
-                else (float("nan"), float("nan"))
-            )
-            test_loss, test_acc = evaluate(
-                raw_model, test_ids, test_labels, args.batch * 2, args.n_seq, device, autocast, rank, world
-            )
+
+            # the end of an epoch: evaluate, log, keep the best-on-validation model, save the training state
+            ev = (args.batch * 2, args.n_seq, device, autocast, rank, world)
+            valid_loss, valid_acc = evaluate(raw_model, valid_ids, valid_labels, *ev) if valid_ids else (math.nan,) * 2
+            test_loss, test_acc = evaluate(raw_model, test_ids, test_labels, *ev)
             loss_total, n = all_sum(epoch_sums.clone(), world).tolist()
             epoch, epoch_step = epoch + 1, 0
             epoch_sums.zero_()
-            row = {
-                "epoch": epoch,
-                "train_loss": loss_total / n,
-                "valid_loss": valid_loss,
-                "valid_acc": valid_acc,
-                "test_loss": test_loss,
-                "test_acc": test_acc,
-                "elapsed_s": time.time() - t_start,
-            }
-            # with no validation share, the last epoch is kept
-            is_best = best is None or not valid_ids or valid_acc > best["valid_acc"]
+            row = {"epoch": epoch, "train_loss": loss_total / n, "valid_loss": valid_loss, "valid_acc": valid_acc,
+                   "test_loss": test_loss, "test_acc": test_acc, "elapsed_s": time.time() - t_start}
+            is_best = best is None or not valid_ids or valid_acc > best["valid_acc"]  # no validation: keep the last
             if is_best:
                 best = row
             if master:
                 append_csv(log_csv, row)
-                plot_csv(
-                    log_csv,
-                    os.path.join(args.log_dir, "loss.svg"),
-                    "epoch",
-                    ["train_loss", "valid_loss", "test_loss"],
-                    "loss",
-                )
-                plot_csv(
-                    log_csv, os.path.join(args.log_dir, "accuracy.svg"), "epoch", ["valid_acc", "test_acc"], "accuracy"
-                )
+                plot_csv(log_csv, os.path.join(args.log_dir, "loss.svg"), "epoch",
+                         ["train_loss", "valid_loss", "test_loss"], "loss")
+                plot_csv(log_csv, os.path.join(args.log_dir, "accuracy.svg"), "epoch", ["valid_acc", "test_acc"],
+                         "accuracy")
                 if is_best:
-                    save_checkpoint(
-                        args.save,
-                        {
-                            "model": raw_model.state_dict(),
-                            "config": config.to_dict(),
-                            "vocab_size": config.vocab_size,
-                            "n_seq": args.n_seq,
-                            "epoch": epoch,
-                            "valid_acc": valid_acc,
-                            "test_acc": test_acc,
-                        },
-                    )
+                    save_checkpoint(args.save, {
+                        "model": raw_model.state_dict(), "config": config.to_dict(), "vocab_size": config.vocab_size,
+                        "n_seq": args.n_seq, "epoch": epoch, "valid_acc": valid_acc, "test_acc": test_acc,
+                    })
             save_state()
-            log(
-                f"epoch {epoch}: train loss {row['train_loss']:.4f}, valid acc {valid_acc:.4f}, test acc {test_acc:.4f}"
-                + (f" -> saved {args.save}" if is_best else "")
-            )
+            saved = f" -> saved {args.save}" if is_best else ""
+            log(f"epoch {epoch}: train loss {row['train_loss']:.4f}, valid acc {valid_acc:.4f}, "
+                f"test acc {test_acc:.4f}{saved}")
     except torch.OutOfMemoryError:
         raise UserError(
             f"out of memory at step {step + 1} with --batch {args.batch}: lower --batch and raise --grad_accum "
@@ -395,8 +346,10 @@ def main(argv=None):
         ) from None
     finally:
         stop.restore()
+
+    # the end of the run: --save holds the model, so the training state goes (running again starts afresh)
     if master and os.path.exists(resume):
-        os.remove(resume)  # done: --save holds the model, and running again starts afresh
+        os.remove(resume)
     log(
         f"best epoch {best['epoch']} (valid acc {best['valid_acc']:.4f}): test accuracy {best['test_acc']:.4f}; "
         f"{time.time() - t_start:.0f} s; log {log_csv}"

@@ -166,6 +166,19 @@ def optimizer_step(model, optimizer, scheduler, scaler, clip):
     return finite
 
 
+def stop_bad_steps(step, bad_steps, path, what):
+    """Stop a run after --max_bad_steps NaN/inf losses in a row, saying where its last good weights are: skipped
+    steps leave the weights alone, so the last checkpoint at `path` holds good ones."""
+    if os.path.exists(path):
+        kept = f"{path} (step {torch.load(path, weights_only=True)['step']}) holds the last good weights"
+    else:
+        kept = f"no {what} was written yet"
+    raise UserError(
+        f"stopped at step {step}: {bad_steps} NaN/inf losses in a row (--max_bad_steps); {kept}; "
+        "lower --lr or check the data"
+    )
+
+
 def get_rng_state():
     """torch, CUDA, numpy and Python RNG states as tensors and lists, which torch.load(weights_only=True) reads back."""
     _, keys, pos, has_gauss, gauss = np.random.get_state()
