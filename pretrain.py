@@ -1,9 +1,11 @@
-"""Pretrain BERT with masked LM + next sentence prediction on data.py's instances.
+"""Pretrain BERT with masked LM + next sentence prediction on data.py's instances (or ELECTRA's replaced-token
+detection, --objective electra).
 
     python pretrain.py                      # CPU (bf16 autocast where the CPU has it)
     python pretrain.py --gpu 0              # one GPU
     python pretrain.py --epoch 10           # run again: resumes from --save and trains up to epoch 10
     python pretrain.py --pretrain hf_dir    # continue pretraining a Hugging Face BERT (export.py writes one)
+    python pretrain.py --objective electra  # a small generator fills the masks, the BERT encoder spots its tokens
 
     torchrun --nproc_per_node 4 pretrain.py --gpu 0   # 4 GPUs, data-parallel (DDP); --batch is per process
 
@@ -26,7 +28,14 @@ from tqdm import tqdm
 from checkpoint import check_config, load_checkpoint, restore_training, save_checkpoint
 from data import word_starts
 from errors import UserError, main_guard, require_file
-from model import BertConfig, BertForPreTraining, configure_optimizer, count_parameters
+from model import (
+    BertConfig,
+    BertForPreTraining,
+    ElectraForPreTraining,
+    configure_optimizer,
+    count_parameters,
+    generator_config,
+)
 from store import DynamicMasking, PretrainStore, collate_pretrain
 from training import (
     StopSignal,
@@ -60,6 +69,26 @@ def get_args(argv=None):
         default=None,
         help="initial weights: a pretrain.py checkpoint or a Hugging Face BERT directory; "
         "ignored when resuming from --save",
+    )
+    p.add_argument(
+        "--objective",
+        choices=["mlm", "electra"],
+        default="mlm",
+        help="mlm: masked LM + next sentence prediction; electra: replaced-token detection (Clark et al. 2020) "
+        "with a small masked-LM generator; the encoder (bert.*) is what train.py fine-tunes either way",
+    )
+    p.add_argument(
+        "--gen_hidden_ratio",
+        type=float,
+        default=0.25,
+        help="with --objective electra: the generator's hidden size as a share of the discriminator's "
+        "(its intermediate size is 4x that, its heads about 64 wide, its layers as many)",
+    )
+    p.add_argument(
+        "--disc_weight",
+        type=float,
+        default=50.0,
+        help="with --objective electra: loss = generator MLM + this x discriminator loss (ELECTRA's 50)",
     )
     p.add_argument("--epoch", type=int, default=3, help="train until this many epochs are done")
     p.add_argument("--batch", type=int, default=32, help="instances per process per micro-batch")
@@ -182,18 +211,64 @@ def pretraining_losses(model, batch, autocast):
     return mlm_loss, nsp_loss, counts
 
 
+def electra_losses(model, batch, autocast, generator=None):
+    """The summed generator masked-LM and discriminator losses of a batch, and its counts for the logs (no
+    gradient): [gen loss, gen correct, gen targets, disc loss, disc correct, real tokens]. The discriminator
+    is scored on every real token; pads are left out. `generator`: the RNG of the generator's samples."""
+    with autocast:
+        gen_logits, disc_logits, replaced = model(
+            batch["input_ids"],
+            batch["token_type_ids"],
+            batch["attention_mask"],
+            batch["mask_pos"],
+            batch["mask_label"],
+            generator,
+        )
+    labels = batch["mask_label"]
+    gen_loss = F.cross_entropy(gen_logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+    real = batch["attention_mask"].bool()
+    disc_logits, replaced = disc_logits.float()[real], replaced[real].float()  # (real tokens,)
+    disc_loss = F.binary_cross_entropy_with_logits(disc_logits, replaced, reduction="sum")
+    with torch.no_grad():
+        valid = labels != -100
+        counts = torch.stack(
+            [
+                gen_loss.detach(),
+                ((gen_logits.argmax(-1) == labels) & valid).sum(),
+                valid.sum(),
+                disc_loss.detach(),
+                ((disc_logits > 0).float() == replaced).sum(),
+                real.sum(),
+            ]
+        ).float()
+    return gen_loss, disc_loss, counts
+
+
+# log.csv and eval.csv name the two losses of each objective so: NAME_loss, NAME_acc
+LOSS_NAMES = {"mlm": ("mlm", "nsp"), "electra": ("gen", "disc")}
+
+
 @torch.no_grad()
-def evaluate(model, data, batch, device, autocast):
-    """Masked-LM loss and accuracy and NSP accuracy on held-out instances, dropout off."""
+def evaluate(model, data, batch, device, autocast, objective="mlm"):
+    """Masked-LM loss and accuracy and NSP accuracy (electra: generator loss and accuracy and discriminator
+    accuracy) on held-out instances, dropout off."""
     model.eval()
     sums = torch.zeros(6, dtype=torch.float64)
+    draws = torch.Generator(device).manual_seed(0)  # the generator's samples: the same at every evaluation
     for b in torch.utils.data.DataLoader(data, batch_size=batch, collate_fn=collate_pretrain):
-        sums += pretraining_losses(model, {k: v.to(device) for k, v in b.items()}, autocast)[2].double().cpu()
+        b = {k: v.to(device) for k, v in b.items()}
+        losses = (
+            electra_losses(model, b, autocast, draws)
+            if objective == "electra"
+            else pretraining_losses(model, b, autocast)
+        )
+        sums += losses[2].double().cpu()
     model.train()
+    a, b = LOSS_NAMES[objective]
     return {
-        "mlm_loss": (sums[0] / sums[2]).item(),
-        "mlm_acc": (sums[1] / sums[2]).item(),
-        "nsp_acc": (sums[4] / sums[5]).item(),
+        f"{a}_loss": (sums[0] / sums[2]).item(),
+        f"{a}_acc": (sums[1] / sums[2]).item(),
+        f"{b}_acc": (sums[4] / sums[5]).item(),
     }
 
 
@@ -203,6 +278,8 @@ def main(argv=None):
         raise UserError("--epoch, --batch and --grad_accum must be at least 1")
     if not 0 < args.mask_prob < 1:
         raise UserError(f"--mask_prob must be in (0, 1), got {args.mask_prob}")
+    if not 0 < args.gen_hidden_ratio <= 1 or args.disc_weight < 0:
+        raise UserError("--gen_hidden_ratio must be in (0, 1] and --disc_weight at least 0")
     require_file(args.config, "pass --config config_half.json or config.json")
     try:
         keep_steps = {int(s) for s in args.keep_steps.split(",") if s.strip()}
@@ -231,13 +308,17 @@ def main(argv=None):
             data, word_starts(sp), args.mask_prob, max(1, round(data.max_len * args.mask_prob)), args.seed
         )
 
-    model = BertForPreTraining(config).to(device)
+    gen_config = generator_config(config, args.gen_hidden_ratio) if args.objective == "electra" else None
+    model = (ElectraForPreTraining(config, gen_config) if gen_config else BertForPreTraining(config)).to(device)
     if args.pretrain and not os.path.exists(args.save):
         state = load_checkpoint(args.pretrain, "pass a pretrain.py checkpoint or a Hugging Face BERT directory")
         check_config(state, config, args.pretrain, args.config)
-        weights = {k: v for k, v in state["model"].items() if not k.startswith("classifier.")}
+        # the encoder always; heads only where this objective has them in that shape (classifier, NSP or a
+        # generator of another size stay behind and start afresh)
+        ours = model.state_dict()
+        weights = {k: v for k, v in state["model"].items() if k in ours and v.shape == ours[k].shape}
         missing, unexpected = model.load_state_dict(weights, strict=False)
-        assert not unexpected and all(k.startswith("cls.") for k in missing), (missing, unexpected)
+        assert not unexpected and not any(k.startswith("bert.") for k in missing), (missing, unexpected)
         fresh = sorted(
             {".".join(k.split(".")[:2]) for k in missing}
         )  # heads a fine-tuned or BertModel checkpoint lacks
@@ -260,6 +341,13 @@ def main(argv=None):
         check_config(state, config, args.save, args.config)
         if "optimizer" not in state:
             raise UserError(f"{args.save} is a fine-tuned model, not a pretraining checkpoint; pass another --save")
+        saved = (state.get("objective", "mlm"), state.get("gen_config"))
+        if saved != (args.objective, gen_config and gen_config.to_dict()):
+            raise UserError(
+                f"{args.save} was pretrained with --objective {saved[0]}"
+                + (f" and a generator of hidden size {saved[1]['hidden_size']}" if saved[1] else "")
+                + "; resume with the same --objective and --gen_hidden_ratio, or pass another --save"
+            )
         epoch, step, epoch_step, rng = state["epoch"], state["step"], state.get("epoch_step", 0), state.get("rng")
         # mid-epoch, the rest of the epoch's data order depends on these (global_batch: --batch x --grad_accum x processes)
         for name, value in {"global_batch": global_batch, "instances": len(data), "seed": args.seed}.items():
@@ -278,7 +366,9 @@ def main(argv=None):
             return
     log(
         f"model: {count_parameters(model) / 1e6:.1f}M parameters, {config.num_hidden_layers} layers, "
-        f"hidden {config.hidden_size}; {len(data):,} instances; {precision} on {device}; {total_steps:,} steps of "
+        f"hidden {config.hidden_size}"
+        + (f" (ELECTRA, generator hidden {gen_config.hidden_size})" if gen_config else "")
+        + f"; {len(data):,} instances; {precision} on {device}; {total_steps:,} steps of "
         f"effective batch {global_batch} ({args.batch} x {args.grad_accum} micro-batches x {world} processes)"
     )
 
@@ -312,6 +402,8 @@ def main(argv=None):
                     "rng": states,
                     "config": config.to_dict(),
                     "vocab_size": config.vocab_size,
+                    "objective": args.objective,
+                    "gen_config": gen_config and gen_config.to_dict(),
                 },
             )
 
@@ -322,9 +414,11 @@ def main(argv=None):
     stop = StopSignal()
     loader_gen = torch.Generator()  # the DataLoader seeds its workers from this, not from the RNG dropout uses
     model.train()
-    sums = torch.zeros(
-        8, device=device
-    )  # mlm loss, mlm correct, mlm count, nsp loss, nsp correct, instances, tokens, skipped
+    # mlm loss, mlm correct, mlm count, nsp loss, nsp correct, instances, tokens, skipped
+    # (electra: gen loss, gen correct, gen count, disc loss, disc correct, real tokens, tokens, skipped)
+    sums = torch.zeros(8, device=device)
+    losses = electra_losses if args.objective == "electra" else pretraining_losses
+    first, second = LOSS_NAMES[args.objective]
     bad_steps = 0
     t_start = t_log = time.time()
     try:
@@ -356,12 +450,13 @@ def main(argv=None):
                     [
                         sum(int((b["mask_label"] != -100).sum()) for b in micro_batches),
                         sum(len(b["is_next"]) for b in micro_batches),
+                        sum(int(b["attention_mask"].sum()) for b in micro_batches),
                         stop.signum,
                     ],
                     dtype=torch.float64,
                     device=device,
                 )
-                n_mask, n_inst, signaled = all_sum(counts, world).tolist()
+                n_mask, n_inst, n_tok, signaled = all_sum(counts, world).tolist()
                 if signaled:
                     stop.save_and_exit(save, args.save, step, log)
                 for k, batch in enumerate(micro_batches):
@@ -370,10 +465,13 @@ def main(argv=None):
                         model.require_backward_grad_sync = (
                             k == args.grad_accum - 1
                         )  # DDP all-reduces on the last micro-batch only
-                    mlm_loss, nsp_loss, counts = pretraining_losses(model, batch, autocast)
+                    mlm_loss, nsp_loss, counts = losses(model, batch, autocast)  # electra: generator, discriminator
                     # means over the whole step (every process and micro-batch), so N processes x batch B x K micro-batches
                     # make the gradient of one process with batch N*B*K; DDP divides by the number of processes, hence * world
-                    loss = (mlm_loss / max(n_mask, 1) + nsp_loss / n_inst) * world
+                    if args.objective == "electra":  # the discriminator's mean is over every real token
+                        loss = (mlm_loss / max(n_mask, 1) + args.disc_weight * nsp_loss / n_tok) * world
+                    else:
+                        loss = (mlm_loss / max(n_mask, 1) + nsp_loss / n_inst) * world
                     (scaler.scale(loss) if scaler is not None else loss).backward()
                     sums[:6] += counts
                     sums[6] += batch["attention_mask"].sum()
@@ -404,19 +502,21 @@ def main(argv=None):
                             "epoch": epoch + 1,
                             "step": step,
                             "lr": scheduler.get_last_lr()[0],
-                            "mlm_loss": s[0] / max(1, s[2]),
-                            "mlm_acc": s[1] / max(1, s[2]),
-                            "nsp_loss": s[3] / s[5],
-                            "nsp_acc": s[4] / s[5],
+                            f"{first}_loss": s[0] / max(1, s[2]),
+                            f"{first}_acc": s[1] / max(1, s[2]),
+                            f"{second}_loss": s[3] / s[5],
+                            f"{second}_acc": s[4] / s[5],
                             "tokens_per_s": s[6] / (time.time() - t_log),
                             "skipped": int(s[7]),
                             "elapsed_s": time.time() - t_start,
                         }
                         append_csv(log_csv, row)
                         bar.set_postfix(
-                            mlm_loss=f"{row['mlm_loss']:.3f}",
-                            mlm_acc=f"{row['mlm_acc']:.3f}",
-                            nsp_acc=f"{row['nsp_acc']:.3f}",
+                            {
+                                f"{first}_loss": f"{row[f'{first}_loss']:.3f}",
+                                f"{first}_acc": f"{row[f'{first}_acc']:.3f}",
+                                f"{second}_acc": f"{row[f'{second}_acc']:.3f}",
+                            }
                         )
                     sums.zero_()
                     t_log = time.time()
@@ -424,12 +524,10 @@ def main(argv=None):
                     row = {
                         "epoch": epoch + 1,
                         "step": step,
-                        **evaluate(raw_model, eval_data, args.batch, device, autocast),
+                        **evaluate(raw_model, eval_data, args.batch, device, autocast, args.objective),
                     }
                     append_csv(eval_csv, row)
-                    tqdm.write(
-                        f"step {step}: held-out mlm_loss {row['mlm_loss']:.3f}, mlm_acc {row['mlm_acc']:.3f}, nsp_acc {row['nsp_acc']:.3f}"
-                    )
+                    tqdm.write(f"step {step}: held-out " + ", ".join(f"{k} {v:.3f}" for k, v in list(row.items())[2:]))
                 if last:
                     epoch, epoch_step = epoch + 1, 0
                 if last or at_max or (args.save_steps and step % args.save_steps == 0):
@@ -442,10 +540,17 @@ def main(argv=None):
                             "config": config.to_dict(),
                             "vocab_size": config.vocab_size,
                             "step": step,
+                            "objective": args.objective,
                         },
                     )
                 if last and master:
-                    plot_csv(log_csv, os.path.join(args.log_dir, "loss.svg"), "step", ["mlm_loss", "nsp_loss"], "loss")
+                    plot_csv(
+                        log_csv,
+                        os.path.join(args.log_dir, "loss.svg"),
+                        "step",
+                        [f"{first}_loss", f"{second}_loss"],
+                        "loss",
+                    )
                     print(f"epoch {epoch}: saved {args.save} (step {step}); log {log_csv}")
                 if at_max:
                     break
