@@ -341,7 +341,10 @@ class ElectraGenerator(nn.Module):
         self.encoder = Encoder(gen_config)
 
     def forward(self, embedded, mask):
-        return self.encoder(self.embeddings_project(embedded), mask)  # (B, T, H) -> (B, T, Hg)
+        x = self.embeddings_project(embedded)  # (B, T, H) -> (B, T, Hg)
+        if FAST and self.training and torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))  # the residual stream in bf16/fp16, as in Bert
+        return self.encoder(x, mask)
 
 
 class DiscriminatorHead(nn.Module):
