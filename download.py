@@ -297,9 +297,9 @@ def collapse(text):
     return " ".join(text.split())
 
 
-def read_excluded(path):
+def read_excluded(path, nsmc_only=False):
     """(ids, texts) of a file whose reviews must not be written: NSMC's `id document label` (with its header),
-    or one review per line. Texts are whitespace-collapsed; empty ones are left out."""
+    or one review per line (unless nsmc_only). Texts are whitespace-collapsed; empty ones are left out."""
     errors.require_file(path)
     try:
         with open(path, encoding="utf-8") as f:
@@ -307,6 +307,8 @@ def read_excluded(path):
     except UnicodeDecodeError:
         raise errors.UserError(f"{path} is not UTF-8 text; pass NSMC's ratings_*.txt or one review per line") from None
     nsmc = bool(lines) and lines[0].encode() == NSMC_HEADER
+    if nsmc_only and not nsmc:
+        raise errors.UserError(f"{path} is not an NSMC file (no `id document label` header); delete it to download it")
     ids, texts = set(), set()
     for line in lines[1:] if nsmc else lines:
         if nsmc:
@@ -356,7 +358,7 @@ def overlap(path, texts):
 
 def download_reviews(url, path, test_path, exclude):
     """The crawl at `url` -> `path` (via path.part), without the reviews of `test_path` and of `exclude`; -> counts."""
-    drop_ids, drop_texts = read_excluded(test_path)
+    drop_ids, drop_texts = read_excluded(test_path, nsmc_only=True)
     test_texts = set(drop_texts)
     for extra in exclude:
         drop_texts |= read_excluded(extra)[1]  # their texts only: ids are the NSMC test file's business
@@ -428,6 +430,8 @@ def main():
     reviews_path = os.path.join(args.output, REVIEWS_FILE)
     targets = ([os.path.join(args.output, name) for name in NSMC_FILES] if nsmc else []) + ([text_dir] if wiki else [])
     targets += [reviews_path] if reviews else []
+    if args.exclude and not reviews:
+        raise errors.UserError("--exclude goes with --what reviews")
     for path in args.exclude:
         errors.require_file(path)
     # Check everything first so `--what all` never stops halfway on an existing file.

@@ -528,3 +528,9 @@ def test_reviews_refuse_to_overwrite_and_missing_exclude(server, tmp_path):
     r = run(*reviews_args(url, tmp_path, url + "/nsmc.tar.gz", "--force", "--exclude", "nope.txt"), cwd=tmp_path)
     assert_one_line_error(r, "nope.txt not found")
     assert (tmp_path / "reviews" / "nsmc_unlabeled.txt").read_text() == "old\n"
+    r = run("--what", "nsmc", "--output", str(tmp_path), "--exclude", "nope.txt", cwd=tmp_path)
+    assert_one_line_error(r, "--exclude goes with --what reviews")
+    (tmp_path / "ratings_test.txt").write_text("굳 ㅋ\n")  # not NSMC's format: its ids would be lost
+    r = run(*reviews_args(url, tmp_path, url + "/nsmc.tar.gz", "--force"), cwd=tmp_path)
+    assert_one_line_error(r, "ratings_test.txt is not an NSMC file")
+    assert (tmp_path / "reviews" / "nsmc_unlabeled.txt").read_text() == "old\n"
