@@ -4,24 +4,32 @@
     python download.py --what nsmc          # data/ratings_train.txt, data/ratings_test.txt
     python download.py --what kowiki        # data/kowiki/AA/wiki_00, ... (dump is ~1 GB)
     python download.py --what kowiki --max_articles 1000 --output /tmp/d   # quick try
+    python download.py --what reviews       # data/reviews/nsmc_unlabeled.txt: the crawl NSMC was drawn from, as text
 
 The Wikipedia dump is parsed as a stream with mwparserfromhell and written in
 WikiExtractor's layout and format (<doc ...> blocks, ~1 MB files, 100 per folder),
 so corpus.py reads it exactly like the sample in data/sample/.
+
+`--what reviews` streams the e9t/nsmc repository at a fixed commit (one tar.gz) and writes the reviews of
+its raw/ crawl (14,730 JSON files, one per movie) one per line, without the reviews of the NSMC test file
+(same id, or the same text once whitespace is collapsed) or of any --exclude file; ratings are never written.
 """
 
 import argparse
 import bz2
 import http.client
 import itertools
+import json
 import multiprocessing
 import os
 import re
 import shutil
 import signal
+import tarfile
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
+import zlib
 
 import mwparserfromhell
 from mwparserfromhell.nodes import ExternalLink, Heading, Tag, Text, Wikilink
@@ -34,6 +42,12 @@ NSMC_URL = "https://raw.githubusercontent.com/e9t/nsmc/master/"
 NSMC_FILES = ["ratings_train.txt", "ratings_test.txt"]
 NSMC_HEADER = b"id\tdocument\tlabel"
 WIKI_URL = "https://dumps.wikimedia.org/kowiki/latest/kowiki-latest-pages-articles.xml.bz2"
+# The commit of e9t/nsmc whose raw/ holds the crawl: pinned, so every user gets the same reviews. One archive
+# of the repository instead of 14,730 requests for the raw/ files (GitHub rate-limits those).
+NSMC_COMMIT = "b6232e69290a826104357381560e18adbad23473"
+REVIEWS_URL = f"https://codeload.github.com/e9t/nsmc/tar.gz/{NSMC_COMMIT}"
+REVIEWS_FILE = os.path.join("reviews", "nsmc_unlabeled.txt")
+RAW_JSON = re.compile(r"(?:^|/)raw/\d+\.json$")  # nsmc-<commit>/raw/<movie id>.json in the archive
 
 # Links to these namespaces render as junk ("섬네일|caption", "분류:...") in strip_code.
 DROP_LINK_NAMESPACES = {"file", "image", "media", "파일", "그림", "category", "분류"}
@@ -278,12 +292,128 @@ def convert_dump(dump_path, out_dir, max_articles=None, workers=1):
     return write_split(_docs(dump_path, max_articles, workers), out_dir)
 
 
+def collapse(text):
+    """A review as it is compared and written: runs of whitespace (newlines, tabs, U+3000 ...) one space."""
+    return " ".join(text.split())
+
+
+def read_excluded(path, nsmc_only=False):
+    """(ids, texts) of a file whose reviews must not be written: NSMC's `id document label` (with its header),
+    or one review per line (unless nsmc_only). Texts are whitespace-collapsed; empty ones are left out."""
+    errors.require_file(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError:
+        raise errors.UserError(f"{path} is not UTF-8 text; pass NSMC's ratings_*.txt or one review per line") from None
+    nsmc = bool(lines) and lines[0].encode() == NSMC_HEADER
+    if nsmc_only and not nsmc:
+        raise errors.UserError(f"{path} is not an NSMC file (no `id document label` header); delete it to download it")
+    ids, texts = set(), set()
+    for line in lines[1:] if nsmc else lines:
+        if nsmc:
+            rid, _, rest = line.partition("\t")
+            ids.add(rid)
+            line = rest.rpartition("\t")[0]  # the document, between the id and the label
+        if text := collapse(line):
+            texts.add(text)
+    return ids, texts
+
+
+def crawl_reviews(stream, counts):
+    """Yield (review id, text) of each review in the raw/*.json files of the e9t/nsmc tar.gz `stream`, in the
+    archive's order (movie by movie); counts["files"] counts the files. The ratings are never read."""
+    with tarfile.open(fileobj=stream, mode="r|gz") as tar:
+        for member in tar:
+            if not (member.isfile() and RAW_JSON.search(member.name)):
+                continue
+            counts["files"] += 1
+            data = json.load(tar.extractfile(member))
+            if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+                raise errors.UserError(f"{member.name} in the archive is not a list of reviews; is it e9t/nsmc?")
+            for r in data:
+                yield str(r.get("review_id", "")), str(r.get("review") or "")
+
+
+def write_reviews(reviews, path, drop_ids, drop_texts):
+    """Write each review's collapsed text on a line of its own, without empty ones and the dropped ids and texts;
+    -> counts of what was written and dropped."""
+    counts = {"crawl": 0, "written": 0, "empty": 0, "test_id": 0, "text": 0}
+    with open(path, "w", encoding="utf-8") as f:
+        for rid, text in reviews:
+            counts["crawl"] += 1
+            text = collapse(text)
+            key = "empty" if not text else "test_id" if rid in drop_ids else "text" if text in drop_texts else "written"
+            counts[key] += 1
+            if key == "written":
+                f.write(text + "\n")
+    return counts
+
+
+def overlap(path, texts):
+    """How many lines of `path` are one of `texts`: the check that no excluded review got through."""
+    with open(path, encoding="utf-8") as f:
+        return sum(line.rstrip("\n") in texts for line in f)
+
+
+def download_reviews(url, path, test_path, exclude):
+    """The crawl at `url` -> `path` (via path.part), without the reviews of `test_path` and of `exclude`; -> counts."""
+    drop_ids, drop_texts = read_excluded(test_path, nsmc_only=True)
+    test_texts = set(drop_texts)
+    for extra in exclude:
+        drop_texts |= read_excluded(extra)[1]  # their texts only: ids are the NSMC test file's business
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    part = path + ".part"
+    stats = {"files": 0}
+    try:
+        with open_url(url, "--reviews_url") as resp:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm.wrapattr(resp, "read", total=total, desc="nsmc raw/", unit="B", unit_scale=True) as raw:
+                counts = write_reviews(crawl_reviews(raw, stats), part, drop_ids, drop_texts)
+        if stats["files"] == 0:
+            raise errors.UserError(f"{url} has no raw/*.json files; pass the e9t/nsmc archive with --reviews_url")
+        # checked on what was written, not on what the loop meant to write
+        if n := overlap(part, test_texts):
+            raise RuntimeError(f"{n} reviews of {test_path} got into {part}")
+    except BaseException as e:
+        _remove(part)
+        if isinstance(e, (tarfile.TarError, zlib.error, EOFError, json.JSONDecodeError, UnicodeDecodeError)):
+            raise errors.UserError(
+                f"{url} is not a complete e9t/nsmc archive ({type(e).__name__}: {e}); "
+                f"pass the repository's tar.gz with --reviews_url"
+            ) from None
+        if isinstance(e, (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError)):
+            raise errors.UserError(f"download of {url} stopped ({e}); check your connection and run again") from None
+        raise
+    os.replace(part, path)
+    return {**counts, **stats}
+
+
+def open_url(url, flag):
+    """urlopen with its failures as one-line errors that name `flag`."""
+    try:
+        return urllib.request.urlopen(url, timeout=60)
+    except ValueError as e:  # "unknown url type"
+        raise errors.UserError(f"bad URL {url!r} ({e}); pass a full http(s):// URL with {flag}") from None
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as e:
+        reason = f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", e)
+        raise errors.UserError(f"could not download {url} ({reason}); check your connection or pass {flag}") from None
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--what", choices=["nsmc", "kowiki", "all"], default="all")
+    p.add_argument("--what", choices=["nsmc", "kowiki", "reviews", "all"], default="all", help="all: nsmc and kowiki")
     p.add_argument("--output", default="data", help="folder to write into")
     p.add_argument("--nsmc_url", default=NSMC_URL, help="base URL holding ratings_train.txt and ratings_test.txt")
     p.add_argument("--wiki_url", default=WIKI_URL, help="URL of a MediaWiki pages-articles .xml.bz2 dump")
+    p.add_argument("--reviews_url", default=REVIEWS_URL, help="tar.gz of the e9t/nsmc repository (its raw/ crawl)")
+    p.add_argument(
+        "--exclude",
+        nargs="+",
+        default=[],
+        help="with --what reviews: also drop the reviews of these files (NSMC format or one review per line); "
+        "the NSMC test file OUTPUT/ratings_test.txt is always dropped (downloaded first when missing)",
+    )
     p.add_argument("--max_articles", type=int, default=None, help="stop after this many articles (for testing)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes parsing wikitext")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs and download the dump again")
@@ -295,8 +425,15 @@ def main():
 
     nsmc = args.what in ("nsmc", "all")
     wiki = args.what in ("kowiki", "all")
+    reviews = args.what == "reviews"
     text_dir = os.path.join(args.output, "kowiki")
+    reviews_path = os.path.join(args.output, REVIEWS_FILE)
     targets = ([os.path.join(args.output, name) for name in NSMC_FILES] if nsmc else []) + ([text_dir] if wiki else [])
+    targets += [reviews_path] if reviews else []
+    if args.exclude and not reviews:
+        raise errors.UserError("--exclude goes with --what reviews")
+    for path in args.exclude:
+        errors.require_file(path)
     # Check everything first so `--what all` never stops halfway on an existing file.
     for path in targets:
         if os.path.exists(path) and not args.force:
@@ -332,10 +469,23 @@ def main():
         written.append(f"{dump} (dump)")
         written.append(f"{text_dir}/ ({articles:,} articles in {files} files)")
 
+    if reviews:
+        test_path = os.path.join(args.output, "ratings_test.txt")
+        if not os.path.exists(test_path):
+            fetch(args.nsmc_url.rstrip("/") + "/ratings_test.txt", test_path, flag="--nsmc_url", expect=NSMC_HEADER)
+            written.append(f"{test_path} (the NSMC test file, whose reviews are left out)")
+        c = download_reviews(args.reviews_url, reviews_path, test_path, args.exclude)
+        written.append(
+            f"{reviews_path} ({c['written']:,} reviews of {c['crawl']:,} in {c['files']:,} files; dropped: "
+            f"{c['test_id']:,} with a test id, {c['text']:,} with the text of a test"
+            + (" or --exclude" if args.exclude else "")
+            + f" review, {c['empty']:,} empty; exact-text overlap with {test_path}: 0)"
+        )
+
     print("wrote:")
     for w in written:
         print(f"  {w}")
-    print(f"next: python vocab.py --input {text_dir}")
+    print(f"next: python vocab.py --input {reviews_path if reviews else text_dir}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python export.py --pretrain save_pretrain.pth --output hf_export   # -> transformers.BertForPreTraining
     python export.py --pretrain save_best.pth --output hf_nsmc         # -> transformers.BertForSequenceClassification
     python export.py --pretrain save_best.pth --vocab kowiki.model --output hf_nsmc
+    python export.py --pretrain electra.pth --output hf_electra         # --objective electra: the encoder -> transformers.BertModel
 
 writes config.json, pytorch_model.bin, spiece.model (the SentencePiece model, copied) and README.md
 (how to tokenize as our scripts do). Load it with `BertForPreTraining.from_pretrained("hf_export")`;
@@ -14,16 +15,16 @@ import json
 import os
 import shutil
 
-from checkpoint import load_checkpoint, save_checkpoint
+from checkpoint import encoder_weights, load_checkpoint, save_checkpoint
 from errors import UserError, main_guard
 from model import BertConfig
 from predict import LABELS
 from vocab import CLS_ID, PAD_ID, SEP_ID, load_vocab
 
 
-def hf_config(config, classifier):
+def hf_config(config, classifier, arch=None):
     """Hugging Face's config.json: our fields have its names already; add what it needs to pick the class."""
-    arch = "BertForSequenceClassification" if classifier else "BertForPreTraining"
+    arch = arch or ("BertForSequenceClassification" if classifier else "BertForPreTraining")
     d = {
         "architectures": [arch],
         "model_type": "bert",
@@ -42,16 +43,19 @@ def export(state, out):
     """Write config.json and pytorch_model.bin of checkpoint `state` into directory `out`; -> the config dict."""
     config = BertConfig.from_dict(state["config"])
     classifier = "classifier.weight" in state["model"]
+    # pretrain.py --objective electra: the discriminator's encoder is the model; its heads and the generator
+    # have no place in a BERT class, so it goes out as a BertModel (what a fine-tuning script starts from)
+    electra = "discriminator_predictions.dense.weight" in state["model"]
     if os.path.exists(os.path.join(out, "model.safetensors")):
         # transformers (and load_checkpoint) would read it instead of the weights written here
         raise UserError(f"{out} already holds a model.safetensors; pass another --output")
     os.makedirs(out, exist_ok=True)
-    d = hf_config(config, classifier)
+    d = hf_config(config, classifier, "BertModel" if electra else None)
     with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
         json.dump(d, f, indent=2)
     # The state dict as it is: the tied decoder weight and bias share storage with the word embedding
     # and cls.predictions.bias, so torch.save writes each matrix once.
-    save_checkpoint(os.path.join(out, "pytorch_model.bin"), dict(state["model"]))
+    save_checkpoint(os.path.join(out, "pytorch_model.bin"), encoder_weights(state) if electra else dict(state["model"]))
     return d
 
 
@@ -94,6 +98,12 @@ with torch.no_grad():
 # NSP index 0 = B follows A, 1 = B is random (Hugging Face's next_sentence_label; pretrain.py trains it so)
 print(out.prediction_logits.shape, out.seq_relationship_logits.softmax(-1)[0, 0])"""
 
+EXAMPLE_ENCODER = """ids = [CLS] + sp.encode("이 영화 정말 재밌어요") + [SEP]
+with torch.no_grad():
+    out = model(input_ids=torch.tensor([ids]), token_type_ids=torch.zeros(1, len(ids), dtype=torch.long),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+print(out.last_hidden_state.shape)  # the ELECTRA discriminator's encoder: fine-tune it (train.py --pretrain)"""
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,7 +125,8 @@ def main(argv=None):
     shutil.copyfile(args.vocab, os.path.join(args.output, "spiece.model"))
     classifier = d["architectures"] == ["BertForSequenceClassification"]
     n_seq = state.get("n_seq", d["max_position_embeddings"])
-    example = (EXAMPLE_CLASSIFIER if classifier else EXAMPLE_PRETRAIN).format(n_seq=n_seq)
+    examples = {"BertForSequenceClassification": EXAMPLE_CLASSIFIER, "BertModel": EXAMPLE_ENCODER}
+    example = examples.get(d["architectures"][0], EXAMPLE_PRETRAIN).format(n_seq=n_seq)
     n_seq_note = (
         f"It was fine-tuned on reviews cut to {n_seq} tokens; labels 0 = {LABELS[0]}, 1 = {LABELS[1]}."
         if classifier

@@ -10,7 +10,7 @@ Shapes: B batch, T tokens, H hidden, nh heads, hs head size, P masked positions,
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -240,9 +240,9 @@ class Bert(nn.Module):
 
 
 class PredictionHeadTransform(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, d_in=None):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(d_in or config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, x):
@@ -301,6 +301,94 @@ class BertForPreTraining(nn.Module):
             # the MLM head only where there is something to predict: P is ~15% of T
             x = x.gather(1, mask_pos.unsqueeze(-1).expand(-1, -1, x.size(-1)))  # (B, P, H)
         return self.cls.predictions(x), self.cls.seq_relationship(pooled)
+
+
+def generator_config(config, hidden_ratio=0.25):
+    """ELECTRA's generator (google-research/electra get_generator_config): the discriminator's config with
+    hidden_ratio of its hidden size, 4x that as intermediate size, and heads of about 64 dimensions."""
+    hidden = max(1, round(config.hidden_size * hidden_ratio))
+    heads = max(1, hidden // 64)
+    while hidden % heads:  # e.g. hidden 200: 3 heads do not divide it, 2 do
+        heads -= 1
+    return replace(config, hidden_size=hidden, intermediate_size=4 * hidden, num_attention_heads=heads)
+
+
+def sample_tokens(logits, generator=None):
+    """One token per row of `logits` (..., V) drawn from softmax(logits) by the Gumbel-max trick, as ELECTRA
+    samples; no gradient flows through the draw."""
+    u = torch.rand(logits.shape, generator=generator, device=logits.device)
+    return (logits.detach().float() - torch.log(-torch.log(u))).argmax(-1)
+
+
+def replace_tokens(input_ids, mask_pos, mask_label, sampled):
+    """The discriminator's input and labels: the original text (mask_label put back at mask_pos) with the
+    sampled tokens at the masked positions -> (ids (B, T), replaced (B, T) bool). A sample equal to the
+    original is not a replacement (ELECTRA's labels); unmasked tokens and pads never are."""
+    valid = mask_label != -100  # padded mask slots point at position 0 ([CLS]) and write it back unchanged
+    at_pos = input_ids.gather(1, mask_pos)  # (B, P)
+    original = input_ids.scatter(1, mask_pos, torch.where(valid, mask_label, at_pos))
+    fake = original.scatter(1, mask_pos, torch.where(valid, sampled, at_pos))
+    return fake, fake != original
+
+
+class ElectraGenerator(nn.Module):
+    """The small masked LM's encoder. It reads the discriminator's embeddings (passed in, not owned: one
+    tensor for both, and `bert.*` stays the only copy), projected down to its own hidden size."""
+
+    def __init__(self, config, gen_config):
+        super().__init__()
+        self.embeddings_project = nn.Linear(config.hidden_size, gen_config.hidden_size)
+        self.encoder = Encoder(gen_config)
+
+    def forward(self, embedded, mask):
+        x = self.embeddings_project(embedded)  # (B, T, H) -> (B, T, Hg)
+        if FAST and self.training and torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))  # the residual stream in bf16/fp16, as in Bert
+        return self.encoder(x, mask)
+
+
+class DiscriminatorHead(nn.Module):
+    """Hugging Face's ElectraDiscriminatorPredictions: dense -> GELU -> one logit per token."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense_prediction = nn.Linear(config.hidden_size, 1)
+
+    def forward(self, x):
+        return self.dense_prediction(F.gelu(self.dense(x))).squeeze(-1)  # (B, T, H) -> (B, T)
+
+
+class ElectraForPreTraining(nn.Module):
+    """Replaced-token detection (Clark et al. 2020): a small generator fills the masked positions with samples
+    from its masked-LM softmax, the discriminator (`bert`, our BERT encoder: what train.py fine-tunes) says
+    for every token whether it was replaced. Word, position and token-type embeddings are shared, and the
+    generator's decoder is tied to the word embeddings, as in google-research/electra."""
+
+    def __init__(self, config, gen_config):
+        super().__init__()
+        self.config, self.gen_config = config, gen_config
+        self.bert = Bert(config)
+        # replaced-token detection never reads the pooled [CLS]; frozen, so that DDP waits for no gradient of it
+        self.bert.pooler.requires_grad_(False)
+        self.generator = ElectraGenerator(config, gen_config)
+        self.generator_predictions = PredictionHeadTransform(config, d_in=gen_config.hidden_size)  # Hg -> H
+        self.generator_lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.discriminator_predictions = DiscriminatorHead(config)
+        self.apply(lambda m: init_weights(m, config.initializer_range))
+        self.generator_lm_head.weight = self.bert.embeddings.word_embeddings.weight
+
+    def forward(self, input_ids, token_type_ids, attention_mask, mask_pos, mask_label, generator=None):
+        """input_ids as data.py masked them -> generator logits (B, P, V) at mask_pos, discriminator logits
+        (B, T) on the corrupted text, and which tokens were replaced (B, T)."""
+        B, T = input_ids.shape
+        mask = attention_mask.view(B, 1, 1, T).bool()
+        h = self.generator(self.bert.embeddings(input_ids, token_type_ids), mask)  # (B, T, Hg)
+        h = h.gather(1, mask_pos.unsqueeze(-1).expand(-1, -1, h.size(-1)))  # (B, P, Hg)
+        gen_logits = self.generator_lm_head(self.generator_predictions(h))  # (B, P, V)
+        fake, replaced = replace_tokens(input_ids, mask_pos, mask_label, sample_tokens(gen_logits, generator))
+        x, _ = self.bert(fake, token_type_ids, attention_mask)  # (B, T, H)
+        return gen_logits, self.discriminator_predictions(x), replaced
 
 
 class BertForSequenceClassification(nn.Module):

@@ -1,9 +1,11 @@
-"""Pretrain BERT with masked LM + next sentence prediction on data.py's instances.
+"""Pretrain BERT with masked LM + next sentence prediction on data.py's instances (or ELECTRA's replaced-token
+detection, --objective electra).
 
     python pretrain.py                      # CPU (bf16 autocast where the CPU has it)
     python pretrain.py --gpu 0              # one GPU
     python pretrain.py --epoch 10           # run again: resumes from --save and trains up to epoch 10
     python pretrain.py --pretrain hf_dir    # continue pretraining a Hugging Face BERT (export.py writes one)
+    python pretrain.py --objective electra  # a small generator fills the masks, the BERT encoder spots its tokens
 
     torchrun --nproc_per_node 4 pretrain.py --gpu 0   # 4 GPUs, data-parallel (DDP); --batch is per process
 
@@ -26,9 +28,17 @@ from tqdm import tqdm
 from checkpoint import check_config, load_checkpoint, restore_training, save_checkpoint
 from data import word_starts
 from errors import UserError, main_guard, require_file
-from model import BertConfig, BertForPreTraining, configure_optimizer, count_parameters
+from model import (
+    BertConfig,
+    BertForPreTraining,
+    ElectraForPreTraining,
+    configure_optimizer,
+    count_parameters,
+    generator_config,
+)
 from store import DynamicMasking, PretrainStore, collate_pretrain
 from training import (
+    stop_bad_steps,
     StopSignal,
     all_sum,
     append_csv,
@@ -44,7 +54,6 @@ from training import (
     set_seed,
     setup_distributed,
     split_step,
-    stop_bad_steps,
     truncate_csv,
 )
 from vocab import load_vocab
@@ -61,6 +70,26 @@ def get_args(argv=None):
         default=None,
         help="initial weights: a pretrain.py checkpoint or a Hugging Face BERT directory; "
         "ignored when resuming from --save",
+    )
+    p.add_argument(
+        "--objective",
+        choices=["mlm", "electra"],
+        default="mlm",
+        help="mlm: masked LM + next sentence prediction; electra: replaced-token detection (Clark et al. 2020) "
+        "with a small masked-LM generator; the encoder (bert.*) is what train.py fine-tunes either way",
+    )
+    p.add_argument(
+        "--gen_hidden_ratio",
+        type=float,
+        default=0.25,
+        help="with --objective electra: the generator's hidden size as a share of the discriminator's "
+        "(its intermediate size is 4x that, its heads about 64 wide, its layers as many)",
+    )
+    p.add_argument(
+        "--disc_weight",
+        type=float,
+        default=50.0,
+        help="with --objective electra: loss = generator MLM + this x discriminator loss (ELECTRA's 50)",
     )
     p.add_argument("--epoch", type=int, default=3, help="train until this many epochs are done")
     p.add_argument("--batch", type=int, default=32, help="instances per process per micro-batch")
@@ -184,18 +213,64 @@ def pretraining_losses(model, batch, autocast):
     return mlm_loss, nsp_loss, counts
 
 
+def electra_losses(model, batch, autocast, generator=None):
+    """The summed generator masked-LM and discriminator losses of a batch, and its counts for the logs (no
+    gradient): [gen loss, gen correct, gen targets, disc loss, disc correct, real tokens]. The discriminator
+    is scored on every real token; pads are left out. `generator`: the RNG of the generator's samples."""
+    with autocast:
+        gen_logits, disc_logits, replaced = model(
+            batch["input_ids"],
+            batch["token_type_ids"],
+            batch["attention_mask"],
+            batch["mask_pos"],
+            batch["mask_label"],
+            generator,
+        )
+    labels = batch["mask_label"]
+    gen_loss = F.cross_entropy(gen_logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+    real = batch["attention_mask"].bool()
+    disc_logits, replaced = disc_logits.float()[real], replaced[real].float()  # (real tokens,)
+    disc_loss = F.binary_cross_entropy_with_logits(disc_logits, replaced, reduction="sum")
+    with torch.no_grad():
+        valid = labels != -100
+        counts = torch.stack(
+            [
+                gen_loss.detach(),
+                ((gen_logits.argmax(-1) == labels) & valid).sum(),
+                valid.sum(),
+                disc_loss.detach(),
+                ((disc_logits > 0).float() == replaced).sum(),
+                real.sum(),
+            ]
+        ).float()
+    return gen_loss, disc_loss, counts
+
+
+# log.csv and eval.csv name the two losses of each objective so: NAME_loss, NAME_acc
+LOSS_NAMES = {"mlm": ("mlm", "nsp"), "electra": ("gen", "disc")}
+
+
 @torch.no_grad()
-def evaluate(model, data, batch, device, autocast):
-    """Masked-LM loss and accuracy and NSP accuracy on held-out instances, dropout off."""
+def evaluate(model, data, batch, device, autocast, objective="mlm"):
+    """Masked-LM loss and accuracy and NSP accuracy (electra: generator loss and accuracy and discriminator
+    accuracy) on held-out instances, dropout off."""
     model.eval()
     sums = torch.zeros(6, dtype=torch.float64)
+    draws = torch.Generator(device).manual_seed(0)  # the generator's samples: the same at every evaluation
     for b in torch.utils.data.DataLoader(data, batch_size=batch, collate_fn=collate_pretrain):
-        sums += pretraining_losses(model, {k: v.to(device) for k, v in b.items()}, autocast)[2].double().cpu()
+        b = {k: v.to(device) for k, v in b.items()}
+        losses = (
+            electra_losses(model, b, autocast, draws)
+            if objective == "electra"
+            else pretraining_losses(model, b, autocast)
+        )
+        sums += losses[2].double().cpu()
     model.train()
+    a, b = LOSS_NAMES[objective]
     return {
-        "mlm_loss": (sums[0] / sums[2]).item(),
-        "mlm_acc": (sums[1] / sums[2]).item(),
-        "nsp_acc": (sums[4] / sums[5]).item(),
+        f"{a}_loss": (sums[0] / sums[2]).item(),
+        f"{a}_acc": (sums[1] / sums[2]).item(),
+        f"{b}_acc": (sums[4] / sums[5]).item(),
     }
 
 
@@ -205,6 +280,8 @@ def check_args(args):
         raise UserError("--epoch, --batch and --grad_accum must be at least 1")
     if not 0 < args.mask_prob < 1:
         raise UserError(f"--mask_prob must be in (0, 1), got {args.mask_prob}")
+    if not 0 < args.gen_hidden_ratio <= 1 or args.disc_weight < 0:
+        raise UserError("--gen_hidden_ratio must be in (0, 1] and --disc_weight at least 0")
     require_file(args.config, "pass --config config_half.json or config.json")
     try:
         return {int(s) for s in args.keep_steps.split(",") if s.strip()}
@@ -227,24 +304,30 @@ def load_instances(args, sp, config, rank, world):
 
 
 def load_initial_weights(model, args, config, log):
-    """--pretrain's weights into the model; heads the checkpoint lacks (a fine-tuned or bare BertModel one) stay
-    random."""
+    """--pretrain's weights into the model: the encoder always; heads only where this objective has them in that
+    shape (a classifier, an NSP head or a generator of another size stay behind, and those heads start afresh)."""
     state = load_checkpoint(args.pretrain, "pass a pretrain.py checkpoint or a Hugging Face BERT directory")
     check_config(state, config, args.pretrain, args.config)
-    weights = {k: v for k, v in state["model"].items() if not k.startswith("classifier.")}
+    ours = model.state_dict()
+    weights = {k: v for k, v in state["model"].items() if k in ours and v.shape == ours[k].shape}
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    assert not unexpected and all(k.startswith("cls.") for k in missing), (missing, unexpected)
+    assert not unexpected and not any(k.startswith("bert.") for k in missing), (missing, unexpected)
     fresh = sorted({".".join(k.split(".")[:2]) for k in missing})
     log(f"starting from the weights of {args.pretrain}" + (f"; new random {', '.join(fresh)}" if fresh else ""))
 
 
-def restore_state(path, args, config, fields, model, optimizer, scheduler, scaler):
+def restore_state(path, args, config, gen_config, fields, model, optimizer, scheduler, scaler):
     """Load the checkpoint at `path` into the model, optimizer, scheduler and scaler after checking it can go on
-    with this run's `fields`; -> the checkpoint, for its counters."""
+    with this run's objective and `fields`; -> the checkpoint, for its counters."""
     state = load_checkpoint(path, "delete it or pass another --save to start afresh")
     check_config(state, config, path, args.config)
     if "optimizer" not in state:
         raise UserError(f"{path} is a fine-tuned model, not a pretraining checkpoint; pass another --save")
+    saved = (state.get("objective", "mlm"), state.get("gen_config"))
+    if saved != (args.objective, gen_config and gen_config.to_dict()):
+        generator = f" and a generator of hidden size {saved[1]['hidden_size']}" if saved[1] else ""
+        raise UserError(f"{path} was pretrained with --objective {saved[0]}{generator}; resume with the same "
+                        "--objective and --gen_hidden_ratio, or pass another --save")
     # mid-epoch, the rest of the epoch's data order depends on these (global_batch: --batch x --grad_accum x processes)
     for name, value in fields.items():
         if state.get("epoch_step", 0) and state.get(name) != value:
@@ -254,20 +337,25 @@ def restore_state(path, args, config, fields, model, optimizer, scheduler, scale
     return state
 
 
-def train_step(model, micro_batches, n_mask, n_inst, world, device, autocast, scaler):
-    """Forward and backward over the micro-batches of one optimizer step (`n_mask` masked tokens and `n_inst`
-    instances over all processes); -> this process's counts for the log: pretraining_losses' six and the tokens."""
+def train_step(model, micro_batches, counts, args, world, device, autocast, scaler):
+    """Forward and backward over the micro-batches of one optimizer step (`counts`: masked tokens, instances and
+    real tokens over all processes); -> this process's counts for the log: the losses' six and the tokens."""
+    n_mask, n_inst, n_tok = counts
     sums = torch.zeros(7, device=device)
     for k, batch in enumerate(micro_batches):
         batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}
         if world > 1:
             model.require_backward_grad_sync = k == len(micro_batches) - 1  # DDP all-reduces on the last one only
-        mlm_loss, nsp_loss, counts = pretraining_losses(model, batch, autocast)
         # means over the whole step (every process and micro-batch), so N processes x batch B x K micro-batches
         # make the gradient of one process with batch N*B*K; DDP divides by the number of processes, hence * world
-        loss = (mlm_loss / max(n_mask, 1) + nsp_loss / n_inst) * world
+        if args.objective == "electra":  # generator MLM + disc_weight x the discriminator's mean over real tokens
+            gen_loss, disc_loss, log_counts = electra_losses(model, batch, autocast)
+            loss = (gen_loss / max(n_mask, 1) + args.disc_weight * disc_loss / n_tok) * world
+        else:
+            mlm_loss, nsp_loss, log_counts = pretraining_losses(model, batch, autocast)
+            loss = (mlm_loss / max(n_mask, 1) + nsp_loss / n_inst) * world
         (scaler.scale(loss) if scaler is not None else loss).backward()
-        sums[:6] += counts
+        sums[:6] += log_counts
         sums[6] += batch["attention_mask"].sum()
     return sums
 
@@ -286,7 +374,8 @@ def main(argv=None):
     sp = load_vocab(args.vocab)
     config = BertConfig.from_json_file(args.config, vocab_size=sp.get_piece_size())
     data, eval_data = load_instances(args, sp, config, rank, world)
-    model = BertForPreTraining(config).to(device)
+    gen_config = generator_config(config, args.gen_hidden_ratio) if args.objective == "electra" else None
+    model = (ElectraForPreTraining(config, gen_config) if gen_config else BertForPreTraining(config)).to(device)
     if args.pretrain and not os.path.exists(args.save):
         load_initial_weights(model, args, config, log)
     optimizer = configure_optimizer(model, args.lr, args.weight_decay, device_type=device.type)
@@ -305,7 +394,7 @@ def main(argv=None):
     epoch, step, epoch_step, rng = 0, 0, 0, None
     fields = {"global_batch": global_batch, "instances": len(data), "seed": args.seed}
     if os.path.exists(args.save):
-        state = restore_state(args.save, args, config, fields, model, optimizer, scheduler, scaler)
+        state = restore_state(args.save, args, config, gen_config, fields, model, optimizer, scheduler, scaler)
         epoch, step, epoch_step, rng = state["epoch"], state["step"], state.get("epoch_step", 0), state.get("rng")
         into = f" ({epoch_step} into epoch {epoch + 1})" if epoch_step else ""
         log(f"resuming from {args.save}: {epoch} epochs, {step} steps done{into}")
@@ -316,9 +405,10 @@ def main(argv=None):
         set_rng_state(rng[rank])  # dropout goes on with the masks it would have drawn
     elif rng:
         log(f"note: {args.save} was written by {len(rng)} processes, this run has {world}; dropout draws new masks")
+    electra = f" (ELECTRA, generator hidden {gen_config.hidden_size})" if gen_config else ""
     log(f"model: {count_parameters(model) / 1e6:.1f}M parameters, {config.num_hidden_layers} layers, hidden "
-        f"{config.hidden_size}; {len(data):,} instances; {precision} on {device}; {total_steps:,} steps of effective "
-        f"batch {global_batch} ({args.batch} x {args.grad_accum} micro-batches x {world} processes)")
+        f"{config.hidden_size}{electra}; {len(data):,} instances; {precision} on {device}; {total_steps:,} steps of "
+        f"effective batch {global_batch} ({args.batch} x {args.grad_accum} micro-batches x {world} processes)")
     log_csv, eval_csv = os.path.join(args.log_dir, "log.csv"), os.path.join(args.log_dir, "eval.csv")
     if master:
         os.makedirs(args.log_dir, exist_ok=True)
@@ -337,7 +427,8 @@ def main(argv=None):
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "epoch": epoch, "step": step, "epoch_step": epoch_step, "rng": states, "config": config.to_dict(),
-                "vocab_size": config.vocab_size, **fields,
+                "vocab_size": config.vocab_size, "objective": args.objective,
+                "gen_config": gen_config and gen_config.to_dict(), **fields,
             })
 
     # the loop: steps over a fresh permutation every epoch; log rows, held-out evaluation and saves along the way
@@ -345,7 +436,9 @@ def main(argv=None):
     loader_gen = torch.Generator()  # the DataLoader seeds its workers from this, not from the RNG dropout uses
     model.train()
     # mlm loss, mlm correct, mlm count, nsp loss, nsp correct, instances, tokens, skipped steps
+    # (electra: gen loss, gen correct, gen count, disc loss, disc correct, real tokens, tokens, skipped steps)
     sums = torch.zeros(8, device=device)
+    first, second = LOSS_NAMES[args.objective]  # the log's column names
     bad_steps = 0
     t_start = t_log = time.time()
     try:
@@ -362,15 +455,16 @@ def main(argv=None):
             bar = tqdm(zip(*[it] * args.grad_accum), desc=f"epoch {epoch + 1}/{args.epoch}", total=len(batches),
                        initial=epoch_step, disable=not master)
             for micro_batches in bar:  # the micro-batches of one optimizer step
-                # the step's instance and masked-token counts over all processes normalize the losses; the stop
-                # flag rides along
+                # the step's masked-token, instance and real-token counts over all processes normalize the losses;
+                # the stop flag rides along
                 counts = torch.tensor([sum(int((b["mask_label"] != -100).sum()) for b in micro_batches),
-                                       sum(len(b["is_next"]) for b in micro_batches), stop.signum],
+                                       sum(len(b["is_next"]) for b in micro_batches),
+                                       sum(int(b["attention_mask"].sum()) for b in micro_batches), stop.signum],
                                       dtype=torch.float64, device=device)
-                n_mask, n_inst, signaled = all_sum(counts, world).tolist()
+                *counts, signaled = all_sum(counts, world).tolist()
                 if signaled:
                     stop.save_and_exit(save, args.save, step, log)
-                sums[:7] += train_step(model, micro_batches, n_mask, n_inst, world, device, autocast, scaler)
+                sums[:7] += train_step(model, micro_batches, counts, args, world, device, autocast, scaler)
                 ok = optimizer_step(model, optimizer, scheduler, scaler, args.clip)
                 step, epoch_step = step + 1, epoch_step + 1
                 bad_steps = 0 if ok else bad_steps + 1
@@ -385,31 +479,31 @@ def main(argv=None):
                     s = all_sum(sums.clone(), world).tolist()  # one host sync per log row, not per step
                     if master:
                         row = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],
-                               "mlm_loss": s[0] / max(1, s[2]), "mlm_acc": s[1] / max(1, s[2]),
-                               "nsp_loss": s[3] / s[5], "nsp_acc": s[4] / s[5],
+                               f"{first}_loss": s[0] / max(1, s[2]), f"{first}_acc": s[1] / max(1, s[2]),
+                               f"{second}_loss": s[3] / s[5], f"{second}_acc": s[4] / s[5],
                                "tokens_per_s": s[6] / (time.time() - t_log), "skipped": int(s[7]),
                                "elapsed_s": time.time() - t_start}
                         append_csv(log_csv, row)
-                        bar.set_postfix(mlm_loss=f"{row['mlm_loss']:.3f}", mlm_acc=f"{row['mlm_acc']:.3f}",
-                                        nsp_acc=f"{row['nsp_acc']:.3f}")
+                        shown = (f"{first}_loss", f"{first}_acc", f"{second}_acc")
+                        bar.set_postfix({k: f"{row[k]:.3f}" for k in shown})
                     sums.zero_()
                     t_log = time.time()
                 if eval_data is not None and (last or at_max or (args.eval_steps and step % args.eval_steps == 0)):
-                    row = {"epoch": epoch + 1, "step": step, **evaluate(raw_model, eval_data, args.batch, device,
-                                                                        autocast)}
-                    append_csv(eval_csv, row)
-                    tqdm.write(f"step {step}: held-out mlm_loss {row['mlm_loss']:.3f}, mlm_acc {row['mlm_acc']:.3f}, "
-                               f"nsp_acc {row['nsp_acc']:.3f}")
+                    held_out = evaluate(raw_model, eval_data, args.batch, device, autocast, args.objective)
+                    append_csv(eval_csv, {"epoch": epoch + 1, "step": step, **held_out})
+                    tqdm.write(f"step {step}: held-out " + ", ".join(f"{k} {v:.3f}" for k, v in held_out.items()))
                 if last:
                     epoch, epoch_step = epoch + 1, 0
                 if last or at_max or (args.save_steps and step % args.save_steps == 0):
                     save()
                 if step in keep_steps and master:
-                    save_checkpoint(kept_path(args.save, step), {"model": raw_model.state_dict(), "step": step,
-                                                                  "config": config.to_dict(),
-                                                                  "vocab_size": config.vocab_size})
+                    save_checkpoint(kept_path(args.save, step), {
+                        "model": raw_model.state_dict(), "step": step, "config": config.to_dict(),
+                        "vocab_size": config.vocab_size, "objective": args.objective,
+                    })
                 if last and master:
-                    plot_csv(log_csv, os.path.join(args.log_dir, "loss.svg"), "step", ["mlm_loss", "nsp_loss"], "loss")
+                    losses = [f"{first}_loss", f"{second}_loss"]
+                    plot_csv(log_csv, os.path.join(args.log_dir, "loss.svg"), "step", losses, "loss")
                     print(f"epoch {epoch}: saved {args.save} (step {step}); log {log_csv}")
                 if at_max:
                     break

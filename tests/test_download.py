@@ -6,11 +6,14 @@ python -m pytest tests/test_download.py
 import bz2
 import functools
 import http.server
+import io
+import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import tracemalloc
 from xml.sax.saxutils import escape, quoteattr
@@ -102,6 +105,58 @@ def dump_xml(pages, base="https://ko.wikipedia.org/wiki/%EC%9C%84%ED%82%A4%EB%B0
     return "\n".join(out).encode()
 
 
+def raw_file(movie, reviews):
+    """A raw/ file of the crawl, in its format (shared/data/reviews/raw_sample/): one movie's reviews, ratings too."""
+    return [
+        {
+            "review_id": rid,
+            "movie_id": movie,
+            "author": "abcd****",
+            "review": text,
+            "rating": rating,
+            "date": "15.07.16",
+        }
+        for rid, text, rating in reviews
+    ]
+
+
+# (review id, text, rating); the NSMC test file (NSMC_TEST) has ids 6270596 and 9274899, texts "굳 ㅋ" and
+# "GDNTOPCLASSINTHECLUB"; EXCLUDE holds one more review
+CRAWL = {
+    "raw/10001.json": raw_file(
+        "10001",
+        [
+            ("1", "재밌어요  정말\n최고", "10"),  # kept, whitespace collapsed
+            ("2", " 굳   ㅋ ", "10"),  # a test review's text once collapsed: dropped
+            ("6270596", "다른 글", "9"),  # a test review's id: dropped
+            ("4", " \t ", "1"),  # empty: dropped
+            ("5", "GDNTOPCLASSINTHECLUB\t", "1"),  # a test review's text: dropped
+            ("6", "제외할 리뷰", "3"),  # in --exclude: dropped
+            ("7", "아 더빙.. 진짜 짜증나네요 목소리", "1"),  # a training review: kept
+        ],
+    ),
+    "raw/10002.json": [],
+    "raw/10003.json": raw_file("10003", [("8", "마지막\u3000리뷰", "8")]),
+}
+CRAWL_KEPT = ["재밌어요 정말 최고", "아 더빙.. 진짜 짜증나네요 목소리", "마지막 리뷰"]
+EXCLUDE = "제외할   리뷰\n"
+
+
+def nsmc_archive(raw):
+    """The e9t/nsmc repository as GitHub's tar.gz of a commit: one top folder, the crawl in raw/, other files."""
+    buf = io.BytesIO()
+    files = {"README.md": "# nsmc", "ratings_test.txt": "id\tdocument\tlabel\n1\t다른 파일\t0\n"}
+    files |= {name: json.dumps(v, ensure_ascii=False, indent=2) for name, v in raw.items()}
+    files["raw/notes.txt"] = "not a movie"
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"nsmc-b6232e6/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
@@ -127,6 +182,9 @@ def server(tmp_path_factory):
         (root / "html" / name).write_bytes(b"<!DOCTYPE html><html><body>nsmc</body></html>\n")
     (root / DUMP).write_bytes(bz2.compress(dump_xml(PAGES)))
     (root / "truncated.xml.bz2").write_bytes(bz2.compress(dump_xml(PAGES))[:300])
+    (root / "nsmc.tar.gz").write_bytes(nsmc_archive(CRAWL))
+    (root / "truncated.tar.gz").write_bytes(nsmc_archive(CRAWL)[:200])
+    (root / "notnsmc.tar.gz").write_bytes(nsmc_archive({"raw/1.json": {"review": "not a list"}}))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root)))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -395,3 +453,84 @@ def test_pages_memory_stays_bounded(tmp_path):
     tracemalloc.stop()
     assert n == 5000
     assert peak < 3_000_000, peak  # keeping every parsed page would hold well over 10 MB
+
+
+def reviews_args(url, out, *extra):
+    return ["--what", "reviews", "--output", str(out), "--nsmc_url", url + "/nsmc/", "--reviews_url", *extra]
+
+
+def test_reviews_one_per_line_without_the_test_reviews(server, tmp_path):
+    _, url = server
+    (tmp_path / "exclude.txt").write_text(EXCLUDE, encoding="utf-8")
+    out = tmp_path / "data"
+    r = run(*reviews_args(url, out, url + "/nsmc.tar.gz", "--exclude", str(tmp_path / "exclude.txt")), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    path = out / "reviews" / "nsmc_unlabeled.txt"
+    lines = path.read_text(encoding="utf-8").split("\n")
+    assert lines[-1] == "" and lines[:-1] == CRAWL_KEPT  # in the crawl's order; no ids, no ratings
+    # the test file was fetched first (the output had none), and not one of its texts is in the output
+    assert (out / "ratings_test.txt").read_bytes() == NSMC_TEST
+    test_texts = {" ".join(line.split("\t")[1].split()) for line in NSMC_TEST.decode().splitlines()[1:]}
+    assert not set(lines) & test_texts and download.overlap(str(path), test_texts) == 0
+    assert (
+        "3 reviews of 8 in 3 files; dropped: 1 with a test id, 3 with the text of a test or --exclude review"
+        in r.stdout
+    )
+    assert "1 empty; exact-text overlap with" in r.stdout and not list(out.rglob("*.part"))
+    # without --exclude its review stays; an existing test file is used as it is
+    (out / "ratings_test.txt").write_bytes(NSMC_TEST.replace("굳 ㅋ".encode(), "마지막 리뷰".encode()))
+    r = run(*reviews_args(url, out, url + "/nsmc.tar.gz", "--force"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert path.read_text(encoding="utf-8").split("\n")[:-1] == [
+        "재밌어요 정말 최고",
+        "굳 ㅋ",
+        "제외할 리뷰",
+        "아 더빙.. 진짜 짜증나네요 목소리",
+    ]
+
+
+def test_overlap_check_can_tell(tmp_path):
+    path = tmp_path / "r.txt"
+    path.write_text("가 나\n굳 ㅋ\n다\n", encoding="utf-8")
+    assert download.overlap(str(path), {"굳 ㅋ", "없음"}) == 1
+    assert download.read_excluded(str(tmp_path / "r.txt")) == (set(), {"가 나", "굳 ㅋ", "다"})
+    (tmp_path / "t.txt").write_bytes(NSMC_TEST)
+    assert download.read_excluded(str(tmp_path / "t.txt")) == (
+        {"6270596", "9274899"},
+        {"굳 ㅋ", "GDNTOPCLASSINTHECLUB"},
+    )
+
+
+@pytest.mark.parametrize(
+    "name, needles",
+    [
+        ("missing.tar.gz", ["404", "--reviews_url"]),
+        ("nsmc/ratings_train.txt", ["is not a complete e9t/nsmc archive", "--reviews_url"]),  # not an archive
+        ("truncated.tar.gz", ["is not a complete e9t/nsmc archive"]),
+        ("notnsmc.tar.gz", ["raw/1.json in the archive is not a list of reviews"]),
+    ],
+)
+def test_reviews_errors_are_one_line(server, tmp_path, name, needles):
+    _, url = server
+    (tmp_path / "ratings_test.txt").write_bytes(NSMC_TEST)
+    r = run(*reviews_args(url, tmp_path, f"{url}/{name}"), cwd=tmp_path)
+    assert_one_line_error(r, *needles)
+    assert sorted(os.listdir(tmp_path)) == ["ratings_test.txt", "reviews"]
+    assert os.listdir(tmp_path / "reviews") == []  # no .part, no half-written file
+
+
+def test_reviews_refuse_to_overwrite_and_missing_exclude(server, tmp_path):
+    _, url = server
+    (tmp_path / "reviews").mkdir()
+    (tmp_path / "reviews" / "nsmc_unlabeled.txt").write_text("old\n")
+    r = run(*reviews_args(url, tmp_path, url + "/nsmc.tar.gz"), cwd=tmp_path)
+    assert_one_line_error(r, "nsmc_unlabeled.txt exists; pass --force")
+    r = run(*reviews_args(url, tmp_path, url + "/nsmc.tar.gz", "--force", "--exclude", "nope.txt"), cwd=tmp_path)
+    assert_one_line_error(r, "nope.txt not found")
+    assert (tmp_path / "reviews" / "nsmc_unlabeled.txt").read_text() == "old\n"
+    r = run("--what", "nsmc", "--output", str(tmp_path), "--exclude", "nope.txt", cwd=tmp_path)
+    assert_one_line_error(r, "--exclude goes with --what reviews")
+    (tmp_path / "ratings_test.txt").write_text("굳 ㅋ\n")  # not NSMC's format: its ids would be lost
+    r = run(*reviews_args(url, tmp_path, url + "/nsmc.tar.gz", "--force"), cwd=tmp_path)
+    assert_one_line_error(r, "ratings_test.txt is not an NSMC file")
+    assert (tmp_path / "reviews" / "nsmc_unlabeled.txt").read_text() == "old\n"
