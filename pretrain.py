@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from checkpoint import check_config, load_checkpoint, restore_training, save_checkpoint
+from checkpoint import check_config, load_checkpoint, lock_checkpoint, restore_training, save_checkpoint
 from data import word_starts
 from errors import UserError, main_guard, require_file
 from model import BertConfig, BertForPreTraining, configure_optimizer, count_parameters
@@ -40,6 +40,7 @@ from training import (
     optimizer_step,
     plot_csv,
     rank0_first,
+    rank0_only,
     set_rng_state,
     set_seed,
     setup_distributed,
@@ -216,6 +217,7 @@ def main(argv=None):
 
     sp = load_vocab(args.vocab)
     config = BertConfig.from_json_file(args.config, vocab_size=sp.get_piece_size())
+    rank0_only(lambda: lock_checkpoint(args.save), rank, world)  # one run per checkpoint: a second stops here
     data = check_fits(
         rank0_first(lambda: PretrainStore(args.input, args.skip_bad_lines), rank, world),  # rank 0 builds the cache
         args.input,

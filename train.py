@@ -26,7 +26,14 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from checkpoint import check_config, encoder_weights, load_checkpoint, restore_training, save_checkpoint
+from checkpoint import (
+    check_config,
+    encoder_weights,
+    load_checkpoint,
+    lock_checkpoint,
+    restore_training,
+    save_checkpoint,
+)
 from errors import UserError, main_guard, require_file
 from model import BertConfig, BertForSequenceClassification, configure_optimizer, count_parameters
 from nsmc import collate_reviews, encode_reviews, length_batches, read_nsmc
@@ -40,6 +47,7 @@ from training import (
     mixed_precision,
     optimizer_step,
     plot_csv,
+    rank0_only,
     set_rng_state,
     set_seed,
     setup_distributed,
@@ -132,6 +140,8 @@ def main(argv=None):
 
     sp = load_vocab(args.vocab)
     config = BertConfig.from_json_file(args.config, vocab_size=sp.get_piece_size())
+    resume = args.resume or os.path.splitext(args.save)[0] + ".resume.pth"
+    rank0_only(lambda: [lock_checkpoint(args.save), lock_checkpoint(resume, "--resume")], rank, world)  # one run each
     args.n_seq = args.n_seq or min(128, config.max_position_embeddings)
     if args.n_seq > config.max_position_embeddings:
         raise UserError(
@@ -189,7 +199,6 @@ def main(argv=None):
         f"{total_steps:,} steps of effective batch {global_batch} ({args.batch} x {args.grad_accum} micro-batches x {world} processes)"
     )
 
-    resume = args.resume or os.path.splitext(args.save)[0] + ".resume.pth"
     epoch, step, epoch_step, best, rng = (
         0,
         0,
