@@ -25,7 +25,7 @@ import zipfile
 import torch
 
 from errors import UserError, require_file
-from model import BertConfig, BertForPreTraining
+from model import BertConfig, BertForPreTraining, check_config_fields
 
 # config fields that change the shape or the function of the weights
 ARCH_FIELDS = (
@@ -167,6 +167,7 @@ def load_hf_dir(path):
             hf = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{config_path} is not JSON ({e})") from None
+    check_config_fields(hf, config_path)
     for name, ours in HF_ONLY.items():
         if hf.get(name, ours) != ours:
             raise UserError(f"{config_path} has {name}={hf[name]!r}; our BERT computes only {name}={ours!r}")
