@@ -140,8 +140,6 @@ def main(argv=None):
 
     sp = load_vocab(args.vocab)
     config = BertConfig.from_json_file(args.config, vocab_size=sp.get_piece_size())
-    resume = args.resume or os.path.splitext(args.save)[0] + ".resume.pth"
-    rank0_only(lambda: [lock_checkpoint(args.save), lock_checkpoint(resume, "--resume")], rank, world)  # one run each
     args.n_seq = args.n_seq or min(128, config.max_position_embeddings)
     if args.n_seq > config.max_position_embeddings:
         raise UserError(
@@ -161,6 +159,8 @@ def main(argv=None):
 
     reviews, labels = read_nsmc(args.train)
     test_reviews, test_labels = read_nsmc(args.test)
+    resume = args.resume or os.path.splitext(args.save)[0] + ".resume.pth"
+    rank0_only(lambda: [lock_checkpoint(args.save), lock_checkpoint(resume, "--resume")], rank, world)  # one run each
     perm = np.random.default_rng(args.seed).permutation(len(reviews))
     n_valid = round(args.valid * len(reviews))
     valid_idx, train_idx = perm[:n_valid], perm[n_valid:]
