@@ -79,9 +79,10 @@ def die_with_agent():
     out-of-memory killer) would leave them training and writing --save, racing the rerun that resumes from it.
     SIGKILL, not SIGTERM: a worker whose agent is gone writes nothing more, and the rerun resumes from the last
     whole checkpoint. (SIGTERM to torchrun itself is forwarded by torchrun to the workers, which save and exit.)
-    Linux only (prctl); elsewhere nothing changes."""
-    if not sys.platform.startswith("linux"):
-        return
+    Linux only (prctl); elsewhere nothing changes. The signal follows the thread that started the worker, which
+    in torchrun is its main thread, so it fires when the agent exits and not before."""
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return  # RANK set by hand: the parent is a shell, which may well exit before the run
     agent = os.getppid()
     PR_SET_PDEATHSIG = 1
     if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL)) != 0:
