@@ -7,19 +7,25 @@ a temporary file, flushed and fsynced, then renamed over the old one.
 `load_checkpoint` also reads a Hugging Face BERT directory (config.json + model.safetensors or
 pytorch_model.bin, as `save_pretrained` or export.py write it) into the same dict shape, so every
 script that takes a checkpoint takes such a directory too.
+
+A run holds `lock_checkpoint` on the checkpoints it resumes from and writes, so two runs never share one.
 """
 
+import fcntl
+import glob
 import io
 import json
 import os
 import pickle
+import re
 import signal
+import socket
 import zipfile
 
 import torch
 
 from errors import UserError, require_file
-from model import BertConfig, BertForPreTraining
+from model import BertConfig, BertForPreTraining, check_config_fields
 
 # config fields that change the shape or the function of the weights
 ARCH_FIELDS = (
@@ -36,14 +42,49 @@ ARCH_FIELDS = (
 
 
 _saves = 0
+_locks = {}  # checkpoint path -> the open lock file this process holds on it
+
+
+def lock_checkpoint(path, flag="--save"):
+    """Take an exclusive lock on checkpoint `path` (`fcntl.flock` on `path.lock`, which names the holder), or
+    a one-line error naming the run that has it. The kernel drops the lock when the process ends, however it
+    ends (a SIGKILL too), so there is never a stale lock to clear. Holding it, this process is the only
+    writer: temporary files that killed writers left beside `path` are removed. A second call in the same
+    process (a test or a notebook running main() again) takes the lock over from the first."""
+    key = os.path.abspath(path)
+    if key in _locks:
+        _locks.pop(key).close()
+    lock_path = f"{path}.lock"
+    try:
+        os.makedirs(os.path.dirname(key), exist_ok=True)
+        f = open(lock_path, "a+")  # noqa: SIM115 (open as long as the lock is held)
+    except OSError as e:
+        raise UserError(f"cannot create {lock_path} ({e.strerror}); pass a --save in a writable directory") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "starting"
+        f.close()
+        raise UserError(f"{path} is in use by another run ({holder}); wait for it or pass another {flag}") from None
+    f.truncate(0)
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    _locks[key] = f
+    for stale in glob.glob(glob.escape(path) + ".tmp.*"):
+        if re.fullmatch(r"\.tmp\..+\.\d+", stale[len(path) :]):  # host.pid: save_checkpoint's, not another's lock
+            os.remove(stale)
+    return path
 
 
 def save_checkpoint(path, state):
     """Write `state` to `path` atomically. The previous checkpoint stays whole until the rename: a kill
-    at any moment leaves either the old file or the new one, never a mix (a stale `path.tmp` at most)."""
+    at any moment leaves either the old file or the new one, never a mix (a stale temporary file at most).
+    The temporary file is this writer's own (host and pid in its name), so two writers can never rename
+    each other's file."""
     global _saves
     _saves += 1
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.tmp.{socket.gethostname()}.{os.getpid()}"
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getbuffer()
@@ -126,6 +167,7 @@ def load_hf_dir(path):
             hf = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{config_path} is not JSON ({e})") from None
+    check_config_fields(hf, config_path)
     for name, ours in HF_ONLY.items():
         if hf.get(name, ours) != ours:
             raise UserError(f"{config_path} has {name}={hf[name]!r}; our BERT computes only {name}={ours!r}")

@@ -27,6 +27,15 @@ WORKERS=${WORKERS:-4}                 # DataLoader processes for pretraining (ma
 PY=${PY:-$(command -v python || command -v python3)}
 SECONDS=0
 
+# one gpu_results.sh per RUN: a second one (the same command in another terminal) would share its timing run and
+# stages. fd 9 holds the lock while this script or a command it started lives (the kernel drops it then).
+mkdir -p "$RUN"
+exec 9>>"$RUN/gpu_results.lock"
+if ! flock -n 9; then
+    echo "error: $RUN is in use by another gpu_results.sh; wait for it or pass another RUN" >&2
+    exit 2
+fi
+
 ARGS=(--wiki "$WIKI" --train "$N/ratings_train.txt" --test "$N/ratings_test.txt" --out "$RUN" --img "$RUN/img"
       --config "$CONFIG" --vocab_text both --n_seq 128 --tapt_doc 1 --tapt_dupe 1 --dynamic_mask
       --pretrain_batch 128 --pretrain_lr 1e-3 --pretrain_workers "$WORKERS" --lr 3e-4 --batch 64 --epoch "$EPOCH")

@@ -8,6 +8,7 @@ Names follow Hugging Face so a state dict crosses over without a mapping table:
 Shapes: B batch, T tokens, H hidden, nh heads, hs head size, P masked positions, V vocabulary.
 """
 
+import difflib
 import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
@@ -15,6 +16,8 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from errors import UserError
 
 
 @dataclass
@@ -43,11 +46,50 @@ class BertConfig:
 
     @classmethod
     def from_json_file(cls, path, vocab_size=None):
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f), vocab_size)
+        """A --config file, or a one-line error naming the file and what is wrong in it (the line and column of
+        a JSON syntax error, a field of the wrong type, a misspelt field name)."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{path} is not UTF-8 text; a config is a JSON file like config_half.json") from None
+        except IsADirectoryError:
+            raise UserError(f"{path} is a directory; pass the config.json in it") from None
+        check_config_fields(d, path)
+        return cls.from_dict(d, vocab_size)
 
     def to_dict(self):
         return asdict(self)
+
+
+def check_config_fields(d, path):
+    """One-line error for a config whose fields a BertConfig cannot take. Fields it does not know are left out
+    (a Hugging Face config.json has many), unless the name is a near miss of one it knows (hidden_sise)."""
+    if not isinstance(d, dict):
+        raise UserError(f"{path} holds a JSON {type(d).__name__}, not an object of config fields like config_half.json")
+    types = {f.name: f.type for f in fields(BertConfig)}  # int, float or str
+    for name, value in d.items():
+        if name not in types:
+            near = difflib.get_close_matches(name, types, 1, 0.9)
+            if near:
+                raise UserError(f"{path}: unknown field {name!r}; did you mean {near[0]!r}?")
+            continue
+        want = (int, float) if types[name] is float else types[name]
+        if isinstance(value, bool) or not isinstance(value, want):
+            raise UserError(f"{path}: {name} must be {types[name].__name__}, got {json.dumps(value)}")
+        least = 0 if name == "pad_token_id" else 1
+        if types[name] is int and value < least:
+            raise UserError(f"{path}: {name} must be at least {least}, got {value}")
+        if name.endswith("_prob") and not 0 <= value < 1:
+            raise UserError(f"{path}: {name} must be in [0, 1), got {value}")
+    heads, hidden = (
+        d.get("num_attention_heads", BertConfig.num_attention_heads),
+        d.get("hidden_size", BertConfig.hidden_size),
+    )
+    if hidden % heads:
+        raise UserError(f"{path}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
 
 
 # Training-mode speed paths (eval mode never takes them: it stays the plain path, equal to Hugging Face's).

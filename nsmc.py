@@ -17,10 +17,14 @@ def read_nsmc(path):
     )
     try:
         df = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False, encoding="utf-8")
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path} is empty; an NSMC file starts with the header 'id<TAB>document<TAB>label'") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not an NSMC file: {str(e).strip().splitlines()[-1]}") from None
     if list(df.columns) != ["id", "document", "label"]:
         raise UserError(f"{path}: expected the header 'id<TAB>document<TAB>label', got {'<TAB>'.join(df.columns)!r}")
+    if df.empty:
+        raise UserError(f"{path} has the header but no reviews")
     bad = ~df["label"].isin(["0", "1"])
     if bad.any():
         line = int(np.flatnonzero(bad.to_numpy())[0]) + 2  # +1 header, +1 one-based

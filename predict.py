@@ -60,8 +60,13 @@ def main(argv=None):
     args = p.parse_args(argv)
     reviews = list(args.text)
     if args.input:
-        with open(require_file(args.input), encoding="utf-8") as f:
-            reviews += [line.rstrip("\n") for line in f]
+        try:
+            with open(require_file(args.input), encoding="utf-8") as f:
+                reviews += [line.rstrip("\n") for line in f]
+        except (UnicodeDecodeError, IsADirectoryError) as e:
+            raise UserError(
+                f"{args.input} is not a UTF-8 text file of reviews, one a line ({type(e).__name__})"
+            ) from None
     if not reviews:
         raise UserError('nothing to classify: pass reviews as arguments (python predict.py "재밌어요") or --input FILE')
     model, sp, n_seq = load_classifier(args.save, args.vocab)

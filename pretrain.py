@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from checkpoint import check_config, load_checkpoint, restore_training, save_checkpoint
+from checkpoint import check_config, load_checkpoint, lock_checkpoint, restore_training, save_checkpoint
 from data import word_starts
 from errors import UserError, main_guard, require_file
 from model import (
@@ -38,7 +38,6 @@ from model import (
 )
 from store import DynamicMasking, PretrainStore, collate_pretrain
 from training import (
-    stop_bad_steps,
     StopSignal,
     all_sum,
     append_csv,
@@ -50,10 +49,12 @@ from training import (
     optimizer_step,
     plot_csv,
     rank0_first,
+    rank0_only,
     set_rng_state,
     set_seed,
     setup_distributed,
     split_step,
+    stop_bad_steps,
     truncate_csv,
 )
 from vocab import load_vocab
@@ -373,6 +374,7 @@ def main(argv=None):
     # model and data
     sp = load_vocab(args.vocab)
     config = BertConfig.from_json_file(args.config, vocab_size=sp.get_piece_size())
+    rank0_only(lambda: lock_checkpoint(args.save), rank, world)  # one run per checkpoint: a second stops here
     data, eval_data = load_instances(args, sp, config, rank, world)
     gen_config = generator_config(config, args.gen_hidden_ratio) if args.objective == "electra" else None
     model = (ElectraForPreTraining(config, gen_config) if gen_config else BertForPreTraining(config)).to(device)

@@ -28,6 +28,7 @@ other rows' last results, so rows with different options can share it.
 import argparse
 import contextlib
 import csv
+import fcntl
 import os
 import platform
 import shlex
@@ -166,6 +167,20 @@ def replacing(path, **open_args):
     os.replace(tmp, path)
 
 
+def take_turn(out, what):
+    """An exclusive lock on OUT/results.lock, held until the returned file is closed: results.py calls on one --out
+    (gpu_results.sh runs one per seed side by side) take turns at the stages whose files they share, the
+    vocabulary and instances, and the CSV, table and plots, so none reads a half-written file or writes over
+    another's rows. The kernel drops the lock when the process ends, however it ends."""
+    f = open(os.path.join(out, "results.lock"), "a")  # noqa: SIM115 (open while the turn lasts)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"waiting for another results.py on {out} ({what})", flush=True)
+        fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
 def nsmc_text(train, path, per_doc=10):
     """The training reviews as plain text for vocab.py and data.py, written once: one review per line, `per_doc`
     reviews per document. -> path"""
@@ -263,6 +278,7 @@ def main(argv=None):
     needed = {name for _, _, runs in rows.values() for name, _ in runs}
 
     # 1. vocabulary and pretraining instances (only what the rows need)
+    turn = take_turn(out, "vocabulary and instances")
     nsmc_txt = f"{out}/nsmc_train_doc{args.tapt_doc}.txt"  # written when the vocab or the TAPT instances need it
     if not os.path.exists(vocab):
         text = [args.wiki] if args.vocab_text != "nsmc" else []
@@ -307,6 +323,8 @@ def main(argv=None):
             f"{out}/data_nsmc.log",
         )
         os.replace(tapt_data + ".part", tapt_data)
+
+    turn.close()
 
     if args.stop_after == "data":
         print(f"data ready in {out} (--stop_after data)")
@@ -408,6 +426,7 @@ def main(argv=None):
             )
 
     # 4. the CSV (rows run before with other options are kept), the table and the plots
+    turn = take_turn(out, "results.csv")
     path = f"{out}/results.csv"
     if os.path.exists(path):
         results = [r for r in read_log(path) if r["item"] not in rows] + results
@@ -435,10 +454,11 @@ def main(argv=None):
             f"({len(acc)} seed{'s' if len(acc) > 1 else ''}; lr {rs[0]['lr']}, batch {rs[0]['batch']}) | {minutes} | {rs[0]['hardware']} |"
         )
     table = "\n".join(lines) + "\n"
-    with open(f"{out}/results.md", "w") as f:
+    with replacing(f"{out}/results.md") as f:
         f.write(table)
     print(table)
     plot(args, summary)
+    turn.close()
     print(f"wrote {path}, {out}/results.md, {args.img}/loss.svg, {args.img}/accuracy.svg")
 
 

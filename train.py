@@ -27,7 +27,14 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from checkpoint import check_config, encoder_weights, load_checkpoint, restore_training, save_checkpoint
+from checkpoint import (
+    check_config,
+    encoder_weights,
+    load_checkpoint,
+    lock_checkpoint,
+    restore_training,
+    save_checkpoint,
+)
 from errors import UserError, main_guard, require_file
 from model import BertConfig, BertForSequenceClassification, configure_optimizer, count_parameters
 from nsmc import collate_reviews, encode_reviews, length_batches, read_nsmc
@@ -41,6 +48,7 @@ from training import (
     mixed_precision,
     optimizer_step,
     plot_csv,
+    rank0_only,
     set_rng_state,
     set_seed,
     setup_distributed,
@@ -219,6 +227,8 @@ def main(argv=None):
                         f"{args.config}")
     model = build_model(args, config, log).to(device)
     (train_ids, train_labels), (valid_ids, valid_labels), (test_ids, test_labels) = load_splits(args, sp)
+    resume = args.resume or os.path.splitext(args.save)[0] + ".resume.pth"
+    rank0_only(lambda: [lock_checkpoint(args.save), lock_checkpoint(resume, "--resume")], rank, world)  # one run each
     log(
         f"model: {count_parameters(model) / 1e6:.1f}M parameters; {len(train_ids):,} train / {len(valid_ids):,} "
         f"valid / {len(test_ids):,} test reviews; {precision} on {device}"
@@ -239,7 +249,6 @@ def main(argv=None):
         f"{world} processes)")
 
     # resume: epochs done, optimizer steps done, steps into the current epoch, the best epoch so far
-    resume = args.resume or os.path.splitext(args.save)[0] + ".resume.pth"
     epoch, step, epoch_step, best, rng = 0, 0, 0, None, None
     epoch_sums = torch.zeros(2, dtype=torch.float64, device=device)  # this epoch's training loss and reviews so far
     fields = {"n_seq": args.n_seq, "valid": args.valid, "seed": args.seed, "train_reviews": len(train_ids),

@@ -3,6 +3,7 @@ RNG states for exact resume, the LR schedule, CSV logs and plots."""
 
 import contextlib
 import csv
+import ctypes
 import os
 import random
 import signal
@@ -63,12 +64,31 @@ def setup_distributed(gpu):
     GPU LOCAL_RANK (NCCL); without it every process runs on the CPU (gloo)."""
     if "RANK" not in os.environ:
         return 0, 1, get_device(gpu)
+    die_with_agent()
     rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
     device = get_device(local_rank) if gpu is not None else torch.device("cpu")
     dist.init_process_group(
         "nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None
     )
     return rank, world, device
+
+
+def die_with_agent():
+    """Under torchrun: have the kernel SIGKILL this worker as soon as its parent, torchrun's agent, dies. torch
+    starts its workers in sessions of their own, so a SIGKILL to torchrun or to its process group (`kill -9`, the
+    out-of-memory killer) would leave them training and writing --save, racing the rerun that resumes from it.
+    SIGKILL, not SIGTERM: a worker whose agent is gone writes nothing more, and the rerun resumes from the last
+    whole checkpoint. (SIGTERM to torchrun itself is forwarded by torchrun to the workers, which save and exit.)
+    Linux only (prctl); elsewhere nothing changes. The signal follows the thread that started the worker, which
+    in torchrun is its main thread, so it fires when the agent exits and not before."""
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return  # RANK set by hand: the parent is a shell, which may well exit before the run
+    agent = os.getppid()
+    PR_SET_PDEATHSIG = 1
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL)) != 0:
+        return
+    if os.getppid() != agent:  # the agent died before the prctl took effect
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def finish_distributed(world):
@@ -103,6 +123,11 @@ def rank0_first(fn, rank, world):
     if failed is not None:
         raise failed
     return out if rank == 0 else fn()
+
+
+def rank0_only(fn, rank, world):
+    """Run fn on rank 0 alone (the others wait for it); its one-line error stops every rank."""
+    return rank0_first(lambda: fn() if rank == 0 else None, rank, world)
 
 
 def split_step(global_batch, rank, world, accum):

@@ -1,11 +1,15 @@
 """torchrun on the CPU (gloo): 2 processes with batch B follow 1 process with batch 2B (and 1 process with batch B
-and --grad_accum 2) step for step, in pretraining and fine-tuning. Dropout is off: its masks differ per process."""
+and --grad_accum 2) step for step, in pretraining and fine-tuning; a SIGKILL or SIGTERM to the launcher leaves no
+worker behind and the run resumes bit-equal. Dropout is off: its masks differ per process."""
 
 import csv
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -169,3 +173,114 @@ def test_fine_tuning_two_processes_match_one(setup):
     for col in ("train_loss", "valid_loss", "test_loss", "valid_acc", "test_acc"):
         assert [float(r[col]) for r in two] == pytest.approx([float(r[col]) for r in one], rel=1e-5), col
     assert_close_weights(d / "ft2.pth", d / "ft1.pth")
+
+
+# 48 instances, 2 processes x batch 2: 12 steps an epoch, 48 in all, a checkpoint after each
+LONG = ("--batch", "2", "--epoch", "4", "--save_steps", "1")
+
+
+def start_torchrun(script, args, log, n=2):
+    """torchrun in a session of its own (so that a test can kill its process group), its output to a file: a pipe
+    would stay open, and communicate() wait, for as long as any worker that outlives torchrun."""
+    with open(log, "w") as f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n), script, *args],
+            cwd=ROOT,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+
+
+def proc_stat(pid):
+    """(state, parent pid) of a process from /proc, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
+def workers_of(pid):
+    return [int(d) for d in os.listdir("/proc") if d.isdigit() and (proc_stat(int(d)) or ("", 0))[1] == pid]
+
+
+def alive(pid):
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] != "Z"  # a zombie is dead, waiting for its new parent to reap it
+
+
+def wait_for_checkpoint(path, proc, log, timeout=120):
+    t = time.time()
+    while not os.path.exists(path):
+        assert proc.poll() is None, log.read_text()
+        assert time.time() - t < timeout
+        time.sleep(0.05)
+
+
+def assert_same_weights(a, b):
+    a, b = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    assert a["step"] == b["step"]
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    for i, st in a["optimizer"]["state"].items():
+        assert torch.equal(st["exp_avg_sq"], b["optimizer"]["state"][i]["exp_avg_sq"])
+
+
+@pytest.fixture(scope="module")
+def long_run(setup):
+    """The uninterrupted 2-process run the killed ones must end equal to."""
+    torchrun("pretrain.py", pretrain_args(setup, "long", *LONG))
+    return setup["dir"] / "long.pth"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
+def test_sigkill_to_the_launcher_leaves_no_worker_then_resume(setup, long_run):
+    """SIGKILL to torchrun's process group (kill -9, the out-of-memory killer): torch starts the workers in sessions
+    of their own, so only the agent dies; its workers must follow within 10 s, writing nothing more, and the same
+    command then resumes from the last checkpoint."""
+    save, log = setup["dir"] / "orphan.pth", setup["dir"] / "orphan.out"
+    p = start_torchrun("pretrain.py", pretrain_args(setup, "orphan", *LONG), log)
+    wait_for_checkpoint(save, p, log)
+    workers = workers_of(p.pid)
+    assert len(workers) == 2
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    killed_at = torch.load(save, weights_only=True)["step"]
+    assert killed_at < 48, "finished before the kill: lengthen the run"
+    t = time.time()
+    while any(alive(w) for w in workers) and time.time() - t < 10:
+        time.sleep(0.05)
+    left = [w for w in workers if alive(w)]
+    for w in left:
+        os.kill(w, signal.SIGKILL)  # not left to race the rest of the tests
+    assert not left, f"{len(left)} of 2 workers still running 10 s after their agent was killed"
+    # +1: a save that was renamed into place in the instant of the kill
+    assert torch.load(save, weights_only=True)["step"] <= killed_at + 1, "the workers went on writing --save"
+    out = torchrun("pretrain.py", pretrain_args(setup, "orphan", *LONG))
+    assert f"resuming from {save}: " in out
+    assert_same_weights(save, long_run)
+
+
+def test_sigterm_to_the_launcher_saves_then_resume(setup, long_run):
+    """SIGTERM to torchrun itself (a scheduler's preemption): torchrun sends it on to the workers, which finish the
+    step, save and exit 143 with the `SIGTERM: saved` line, as when they get it directly; the same command resumes."""
+    save, log = setup["dir"] / "term.pth", setup["dir"] / "term.out"
+    p = start_torchrun("pretrain.py", pretrain_args(setup, "term", *LONG), log)
+    wait_for_checkpoint(save, p, log)
+    workers = workers_of(p.pid)
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=60)
+    with open(log) as f:
+        out = f.read()
+    # torchrun's own exit: status 1 and its SignalException traceback, whatever the workers do
+    assert p.returncode == 1 and out.count("Traceback") == 1 and "SignalException: Process" in out, out[-3000:]
+    saved = re.findall(rf"SIGTERM: saved {re.escape(str(save))} at step (\d+); run the same command to resume", out)
+    assert len(saved) == 1, out[-3000:]  # rank 0's line, once
+    assert not any(alive(w) for w in workers)  # torchrun waited for them
+    assert int(saved[0]) == torch.load(save, weights_only=True)["step"] < 48
+    torchrun("pretrain.py", pretrain_args(setup, "term", *LONG))
+    assert_same_weights(save, long_run)

@@ -2,6 +2,7 @@
 step counts, wiki then TAPT pretraining, the seeds fine-tuned side by side, and one table over all of them."""
 
 import csv
+import fcntl
 import json
 import os
 import re
@@ -70,3 +71,22 @@ def test_gpu_results_script_dry_run_on_cpu(tmp_path):
         and "(2 seeds; lr 3e-4, batch 64)" in table[2]
     )
     assert "test CPU" in table[2] and not list(run.glob("*.tmp"))
+
+
+def test_a_second_gpu_results_on_one_run_is_refused(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / "gpu_results.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a first gpu_results.sh on this RUN holds it
+        p = subprocess.run(
+            ["bash", "gpu_results.sh"],
+            cwd=ROOT,
+            # data that is not there: were the lock not taken, the script would stop at once, not read ../shared
+            env={**os.environ, "RUN": str(run), "GPU": "", "WIKI": str(tmp_path / "none"), "N": str(tmp_path / "none")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.strip() == f"error: {run} is in use by another gpu_results.sh; wait for it or pass another RUN"

@@ -297,6 +297,59 @@ def test_truncated_checkpoint_and_bad_nsmc_file(work, tmp_path):
         predict.main(["--save", work["save"], "--vocab", work["vocab"], "좋다"])
 
 
+def test_bad_config_and_empty_files_are_one_line(work, tmp_path):
+    """A malformed --config and an empty NSMC file end in one line naming the file (the JSON's line and column
+    too) and exit 2 in every script that reads them; so do the other bad configs and empty inputs."""
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"hidden_size": 256,')
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    common = ["--vocab", work["vocab"], "--save", str(tmp_path / "x.pth"), "--log_dir", str(tmp_path / "log")]
+    for script, extra, line in (
+        ("pretrain.py", ["--config", str(broken), "--input", work["instances"]], f"{broken}:1:21: not valid JSON"),
+        ("train.py", ["--config", str(broken)], f"{broken}:1:21: not valid JSON"),
+        ("train.py", ["--config", work["config"], "--train", str(empty)], f"{empty} is empty"),
+    ):
+        code, out = run_cli(script, *common, *extra)
+        assert code == 2 and "Traceback" not in out, out
+        assert out.strip().splitlines()[-1].startswith(f"error: {line}"), out
+    configs = {
+        "typed.json": ({**MICRO, "hidden_size": "32"}, r'typed\.json: hidden_size must be int, got "32"'),
+        "typo.json": (
+            {**MICRO, "num_hiden_layers": 2},
+            r"unknown field 'num_hiden_layers'; did you mean 'num_hidden_layers'",
+        ),
+        "heads.json": (
+            {**MICRO, "num_attention_heads": 3},
+            r"hidden_size 32 is not a multiple of num_attention_heads 3",
+        ),
+        "drop.json": ({**MICRO, "hidden_dropout_prob": 1.5}, r"hidden_dropout_prob must be in \[0, 1\), got 1.5"),
+        "list.json": ([MICRO], r"list\.json holds a JSON list, not an object"),
+    }
+    for name, (config, message) in configs.items():
+        (tmp_path / name).write_text(json.dumps(config))
+        with pytest.raises(UserError, match=message):
+            pretrain.main(pretrain_args(work, "--config", str(tmp_path / name), "--save", str(tmp_path / "x.pth")))
+    hf = tmp_path / "hf"  # a Hugging Face directory's config.json is checked the same way
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({**MICRO, "hidden_size": None}))
+    with pytest.raises(UserError, match=r"hf/config\.json: hidden_size must be int, got null"):
+        train.main(["--config", work["config"], "--vocab", work["vocab"], "--pretrain", str(hf)])
+    header = tmp_path / "header.txt"
+    header.write_text("id\tdocument\tlabel\n")
+    with pytest.raises(UserError, match=r"header\.txt has the header but no reviews"):
+        train.main(["--config", work["config"], "--vocab", work["vocab"], "--train", str(header)])
+    (tmp_path / "none.json").write_text("")
+    with pytest.raises(UserError, match=r"none\.json holds no instances"):
+        pretrain.main(pretrain_args(work, "--input", str(tmp_path / "none.json"), "--save", str(tmp_path / "x.pth")))
+    with pytest.raises(UserError, match=r"nothing to classify"):
+        predict.main(["--input", str(empty), "--save", work["save"], "--vocab", work["vocab"]])
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("좋다\n".encode("euc-kr"))
+    with pytest.raises(UserError, match=r"latin\.txt is not a UTF-8 text file of reviews"):
+        predict.main(["--input", str(latin), "--save", work["save"], "--vocab", work["vocab"]])
+
+
 def test_nsp_class_0_means_b_follows_a(work, tmp_path):
     """As in Google's BERT and Hugging Face's next_sentence_label: trained on is_next=1 only, NSP predicts class 0."""
     with open(work["instances"]) as f:

@@ -230,3 +230,36 @@ def test_results_vocab_from_the_training_reviews(tmp_path):
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == (
         f"error: {out} holds nsmc_vocab.model, made with another --vocab_text; pass another --out"
     )
+
+
+def is_held(path):
+    import fcntl
+
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        return False  # closing the file lets go
+
+
+def test_results_calls_on_one_out_take_turns(tmp_path, capsys):
+    """The stages whose files results.py calls on one --out share wait for each other (gpu_results.sh runs one
+    call per seed side by side)."""
+    import time
+
+    import results
+
+    lock = tmp_path / "results.lock"
+    first = subprocess.Popen(["flock", str(lock), "sleep", "2"])  # as a first results.py in that stage
+    while not is_held(lock):
+        time.sleep(0.01)
+    t = time.time()
+    turn = results.take_turn(str(tmp_path), "results.csv")
+    waited = time.time() - t
+    turn.close()
+    first.wait()
+    assert f"waiting for another results.py on {tmp_path} (results.csv)" in capsys.readouterr().out
+    assert waited > 0.3

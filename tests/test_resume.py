@@ -7,6 +7,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -140,8 +141,10 @@ def test_kill_halfway_through_a_save_keeps_the_previous_checkpoint(setup, refere
     p.communicate()
     assert p.returncode == -signal.SIGKILL
     assert torch.load(save, weights_only=True)["step"] == n - 1  # the previous checkpoint, whole
-    with pytest.raises(UserError, match=r"cut\.pth\.tmp is not a readable checkpoint"):
-        pretrain.main(args_for(setup, str(save) + ".tmp"))  # the half-written file is refused in one line
+    (half,) = tmp_path.glob("cut.pth.tmp.*.*")  # the killed writer's own temporary file
+    assert half.name == f"cut.pth.tmp.{socket.gethostname()}.{p.pid}"
+    with pytest.raises(UserError, match=r"cut\.pth\.tmp\..* is not a readable checkpoint"):
+        pretrain.main(args_for(setup, str(half)))  # the half-written file is refused in one line
     pretrain.main(args_for(setup, save))
     assert_same_state(save, reference)
 
@@ -157,6 +160,29 @@ def test_sigterm_and_sigint_save_and_exit_then_resume(setup, reference, tmp_path
     assert p.returncode == 128 + sig and "Traceback" not in err
     assert f"{sig.name}: saved {save} at step" in err
     pretrain.main(args_for(setup, save))
+    assert_same_state(save, reference)
+
+
+def test_a_second_run_on_one_save_is_refused(setup, reference, tmp_path):
+    """A second pretrain.py on the --save of a running one stops at once in one line and touches nothing; the lock
+    goes with the first run's process (here a SIGKILL), and the run resumed from its checkpoint ends bit-equal."""
+    save = tmp_path / "twice.pth"
+    first = start("pretrain.py", args_for(setup, save))
+    wait_for(save, first)
+    os.kill(first.pid, signal.SIGSTOP)  # frozen while it holds the lock, so the timing cannot matter
+    log = tmp_path / "twice.pth.log" / "log.csv"
+    before = save.read_bytes(), log.read_bytes()
+    second = start("pretrain.py", args_for(setup, save))
+    _, err = second.communicate()
+    assert second.returncode == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        f"error: {save} is in use by another run (pid {first.pid} on {socket.gethostname()}); "
+        "wait for it or pass another --save"
+    )
+    assert (save.read_bytes(), log.read_bytes()) == before  # the first run's files, untouched
+    os.kill(first.pid, signal.SIGKILL)
+    first.communicate()
+    pretrain.main(args_for(setup, save))  # no stale lock to clear
     assert_same_state(save, reference)
 
 
@@ -258,6 +284,40 @@ def test_fine_tuning_killed_in_a_save_resumes_exactly(setup, tmp_path):
     train.main(finetune_args(setup, cut, "--save_steps", "1"))
     assert not os.path.exists(cut / "best.resume.pth")  # done: only the model is left
     a, b = torch.load(ref / "best.pth", weights_only=True), torch.load(cut / "best.pth", weights_only=True)
+    assert a["epoch"] == b["epoch"] and a["valid_acc"] == b["valid_acc"]
+    assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+
+
+def test_a_second_fine_tuning_on_one_save_is_refused(setup, tmp_path):
+    """train.py locks --save and --resume: a second run with either stops in one line; the first finishes as if
+    alone (its best model bit-equal to an uninterrupted run's)."""
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    ref.mkdir()
+    run.mkdir()
+    train.main(finetune_args(setup, ref, "--save_steps", "1"))
+    first = start("train.py", finetune_args(setup, run, "--save_steps", "1"))
+    wait_for(run / "best.resume.pth", first)
+    os.kill(first.pid, signal.SIGSTOP)
+    holder = f"(pid {first.pid} on {socket.gethostname()})"
+    for extra, busy, flag in (
+        ([], run / "best.pth", "--save"),
+        (
+            ["--save", str(tmp_path / "other.pth"), "--resume", str(run / "best.resume.pth")],
+            run / "best.resume.pth",
+            "--resume",
+        ),
+    ):
+        second = start("train.py", finetune_args(setup, run, "--save_steps", "1", *extra))
+        _, err = second.communicate()
+        assert second.returncode == 2 and "Traceback" not in err, err
+        assert (
+            err.strip().splitlines()[-1]
+            == f"error: {busy} is in use by another run {holder}; wait for it or pass another {flag}"
+        )
+    os.kill(first.pid, signal.SIGCONT)
+    _, err = first.communicate()
+    assert first.returncode == 0, err
+    a, b = torch.load(ref / "best.pth", weights_only=True), torch.load(run / "best.pth", weights_only=True)
     assert a["epoch"] == b["epoch"] and a["valid_acc"] == b["valid_acc"]
     assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
 
