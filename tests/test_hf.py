@@ -565,7 +565,7 @@ def mask_sentences(sp, n=50):
         lines = [x.strip() for x in f if len(x.strip()) > 40 and not x.startswith("<")]
     out = []
     for line in lines[:: len(lines) // n][:n]:
-        pieces = sp.encode(line[:120], out_type=str)
+        pieces = sp.encode(line, out_type=str)[:40]  # within TINY's 64 positions
         k = len(pieces) // 2
         # ▁ stays a space, so the text encodes back to the same pieces with [MASK] for piece k
         out.append("".join(pieces[:k] + ["[MASK]"] + pieces[k + 1 :]).replace("▁", " ").strip())
@@ -582,6 +582,9 @@ def test_fill_mask_pipeline_gives_our_top5(sample_spm, tmp_path, monkeypatch, ca
     export.main(["--pretrain", str(save), "--vocab", sample_spm, "--output", str(out)])
     hf, info = transformers.AutoModelForMaskedLM.from_pretrained(out, output_loading_info=True)
     assert isinstance(hf, transformers.BertForMaskedLM) and not info["missing_keys"] and not info["mismatched_keys"]
+    assert "pipeline_tag: fill-mask" in (out / "README.md").read_text(encoding="utf-8")
+    run_readme(out, monkeypatch, block="pipeline")  # the model card's lines
+    assert "'token_str'" in capsys.readouterr().out
 
     sp = vocab.load_vocab(sample_spm)
     texts = mask_sentences(sp)
@@ -606,9 +609,6 @@ def test_fill_mask_pipeline_gives_our_top5(sample_spm, tmp_path, monkeypatch, ca
     # negative control: [MASK] matched in the raw text (split_special_tokens off) loses the ▁ before it
     raw = transformers.AutoTokenizer.from_pretrained(out, split_special_tokens=False)
     assert [[i for i, _ in x] for x in fill(raw)] != [[i for i, _ in x] for x in ours]
-    assert "pipeline_tag: fill-mask" in (out / "README.md").read_text(encoding="utf-8")
-    run_readme(out, monkeypatch, block="pipeline")  # the model card's lines
-    assert "'token_str'" in capsys.readouterr().out
 
 
 def test_weights_formats(tmp_path):
