@@ -134,12 +134,17 @@ def fast_tokenizer(m):
 
     # sentencepiece's normalizer: the charsmap (longest match over the raw text), then extra whitespace
     # removed, " " -> "▁", a "▁" in front. tokenizers' Precompiled applies the charsmap per grapheme, so it
-    # misses rules that span graphemes (ㅈㅓ -> 저) or follow a mapped letter (Ｕ + U+030B -> Ű); NFKC
-    # before and after it gives sentencepiece's result for NFKC-based charsmaps (nmt_nfkc is vocab.py's).
+    # misses the rules that span graphemes: compatibility jamo typed one by one, which sentencepiece joins into
+    # a syllable (ㅈㅓ -> 저, ㅋㅕㄵ -> 켡). It leaves them as conjoining jamo, and NFC joins those. NFC would
+    # also join a final consonant to a syllable typed whole (니ㄵ -> 닍), which no rule of sentencepiece does:
+    # a \ufdd1 (a noncharacter) between the two keeps them apart until NFC is done.
     steps = []
     if m["charsmap"]:
-        nfkc = m["norm_name"].startswith(("nmt_nfkc", "nfkc"))
-        steps += [normalizers.NFKC()] * nfkc + [normalizers.Precompiled(m["charsmap"])] + [normalizers.NFKC()] * nfkc
+        steps.append(normalizers.Precompiled(m["charsmap"]))
+    if m["charsmap"] and m["norm_name"].startswith(("nmt_nfkc", "nfkc")):
+        finals = map(chr, range(0x11A8, 0x11C3))  # the final consonants NFC joins to a syllable
+        steps += [normalizers.Replace(Regex("(?<=[\uac00-\ud7a3])" + t), "\ufdd1" + t) for t in finals]
+        steps += [normalizers.NFC(), normalizers.Replace("\ufdd1", "")]
     if m["remove_spaces"]:
         steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
     steps.append(normalizers.Replace(" ", "▁"))
