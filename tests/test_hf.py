@@ -554,7 +554,7 @@ def test_tokenizer_gives_sentencepiece_ids(kind, sample_spm, unigram_spm, tmp_pa
         ids_a + ids_b
     )
 
-    # negative controls: tokenizers' Precompiled alone (no NFKC around it) leaves ㅈㅓ as two unknown jamo, and
+    # negative controls: tokenizers' Precompiled alone (no NFC after it) leaves ㅈㅓ as two unknown jamo, and
     # matching special tokens in the raw text (transformers' default) drops the ▁ before a typed [CLS]
     tok.backend_tokenizer.normalizer = export.fast_tokenizer(
         {**export.read_spm_model(path), "norm_name": "custom"}
