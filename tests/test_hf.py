@@ -9,6 +9,7 @@ import json
 import lzma
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -631,12 +632,24 @@ def test_weights_formats(tmp_path):
         export.export(state, str(tmp_path / "st"), safetensors=False)
 
 
-def test_import_of_a_tokenizer_json_directory_names_the_vocab_file(tmp_path, sample_spm):
+def test_import_of_a_tokenizer_json_directory_names_the_vocab_file(nsmc_export, tmp_path):
     """A Hugging Face directory with tokenizer.json but no spiece.model: the one-line error says which --vocab to pass."""
     d = tmp_path / "hub-bert"
-    d.mkdir()
-    (d / "tokenizer.json").write_text("{}")
+    shutil.copytree(nsmc_export[1], d)
+    (d / "spiece.model").unlink()
     for path in (d, d / "tokenizer.json", d / "spiece.model"):
         with pytest.raises(UserError, match=r"tokenizer\.json but no spiece\.model.*--vocab") as e:
             vocab.load_vocab(str(path))
         assert "\n" not in str(e.value)
+    p = subprocess.run(
+        [sys.executable, "predict.py", "--save", str(d), "--vocab", str(d / "spiece.model"), "재밌어요"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and p.stderr.startswith(f"error: {d} has tokenizer.json")
+    shutil.copy(nsmc_export[1] / "spiece.model", d)  # with it, --vocab DIR names the file to pass
+    with pytest.raises(UserError, match=f"pass --vocab {re.escape(str(d / 'spiece.model'))}"):
+        vocab.load_vocab(str(d))
