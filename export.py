@@ -231,7 +231,7 @@ def export(state, out, safetensors=True):
     name, other = ("model.safetensors", "pytorch_model.bin")[:: 1 if safetensors else -1]
     if os.path.exists(os.path.join(out, other)):
         # transformers (and load_checkpoint) read model.safetensors first: two weight files would disagree
-        raise UserError(f"{out} already holds a {other}; pass another --output")
+        raise UserError(f"{out} already holds a {other} (an earlier export?); delete it or pass another --output")
     os.makedirs(out, exist_ok=True)
     d = hf_config(config, classifier)
     with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
@@ -367,7 +367,8 @@ def model_card(state, d, name, source, weights, license, datasets, n_seq):
         )
         n_seq_note = f"It was fine-tuned on reviews cut to {n_seq} tokens."
     else:
-        about = f"Pretrained by pretrain.py (masked LM + next sentence prediction), {state.get('step', '?')} steps."
+        steps = f", {state['step']} steps" if "step" in state else ""
+        about = f"Pretrained by pretrain.py (masked LM + next sentence prediction){steps}."
         pipe_note = (
             "`[MASK]` stands for one SentencePiece piece; a space before it is a piece of its own (`▁`), as "
             "SentencePiece encodes the text. `AutoModelForMaskedLM` loads the masked-LM head (the NSP head is left out)."
