@@ -183,7 +183,7 @@ def fast_tokenizer(m):
     # split_special_tokens), which would cut it into chunks that each get their own ▁ prefix.
     specials = [p for p, _, t in pieces if t in (UNKNOWN, CONTROL, USER_DEFINED)]
     tok.add_special_tokens([AddedToken(p, special=True, normalized=False) for p in specials])
-    tok.encode_special_tokens = True
+    tok.encode_special_tokens = True  # for this object; tokenizer.json does not keep it, tokenizer_config.json does
     return tok
 
 
