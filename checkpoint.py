@@ -207,7 +207,22 @@ def load_hf_dir(path):
     for k, v in weights.items():
         if v.shape != ours[k]:
             raise UserError(f"{path}: {k} has shape {tuple(v.shape)} but its config.json makes it {tuple(ours[k])}")
-    return {"model": weights, "config": config.to_dict(), "vocab_size": config.vocab_size}
+    state = {"model": weights, "config": config.to_dict(), "vocab_size": config.vocab_size}
+    # export.py keeps train.py's --n_seq as the tokenizer's model_max_length; predict.py cuts reviews there
+    n_seq = read_json(os.path.join(path, "tokenizer_config.json")).get("model_max_length")
+    if isinstance(n_seq, int) and 2 < n_seq <= config.max_position_embeddings:  # the Hub's 1e30 means "no limit"
+        state["n_seq"] = n_seq
+    return state
+
+
+def read_json(path):
+    """A JSON object from `path`, {} when there is none or it is not one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return d if isinstance(d, dict) else {}
 
 
 def check_config(state, config, path, config_path=None):

@@ -28,6 +28,17 @@ SPECIAL_PIECES = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "[SEP]", "[CLS]", "[MASK]"
 
 def load_vocab(path):
     """Load a SentencePiece model made by vocab.py, checking the special ids are in place."""
+    # --vocab pointing at a Hugging Face directory, its tokenizer.json, or a spiece.model it lacks
+    folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    spiece = os.path.join(folder, "spiece.model")
+    if os.path.isdir(path) or not os.path.isfile(path) or os.path.basename(path) == "tokenizer.json":
+        if os.path.isfile(os.path.join(folder, "tokenizer.json")) and not os.path.isfile(spiece):
+            raise UserError(
+                f"{folder} has tokenizer.json but no spiece.model: our scripts tokenize with SentencePiece; pass "
+                "--vocab the .model file the model was trained with (export.py copies it to spiece.model)"
+            )
+        if os.path.isdir(path) or os.path.basename(path) == "tokenizer.json":
+            raise UserError(f"{path} is not a SentencePiece model; pass --vocab {spiece}")
     if not os.path.exists(path):
         raise UserError(f"{path} not found; run `python vocab.py` first")
     sp = spm.SentencePieceProcessor()

@@ -1,12 +1,15 @@
 """Our BERT is Hugging Face's: equal outputs both ways, and checkpoints cross over (export.py; load_checkpoint on a directory).
+An exported directory works with AutoTokenizer and pipeline(): the same ids as sentencepiece, predict.py's labels.
 
 transformers is a test-only dependency: without it these tests are skipped. `pytest -s tests/test_hf.py`
 prints the largest absolute difference per output and config.
 """
 
 import json
+import lzma
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,11 +22,12 @@ import export
 import predict
 import pretrain
 import train
+import vocab
 from checkpoint import load_checkpoint
 from errors import UserError
 from model import BertConfig, BertForPreTraining, BertForSequenceClassification
 from nsmc import read_nsmc
-from vocab import CLS_ID, SEP_ID
+from vocab import CLS_ID, MASK_ID, SEP_ID
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()  # no load reports or progress bars in the test output
@@ -232,9 +236,11 @@ def nsmc_head(dst, n, src="ratings_train.txt"):
     return str(dst)
 
 
-def run_readme(out, monkeypatch, replace=None):
-    """Run the python snippet of export.py's README.md from the directory's parent, as it assumes; -> its variables."""
-    snippet = re.search(r"```python\n(.*?)```", (out / "README.md").read_text(encoding="utf-8"), re.DOTALL).group(1)
+def run_readme(out, monkeypatch, replace=None, block="sentencepiece"):
+    """Run the python snippet of export.py's README.md that mentions `block` from the directory's parent, as it
+    assumes; -> its variables."""
+    snippets = re.findall(r"```python\n(.*?)```", (out / "README.md").read_text(encoding="utf-8"), re.DOTALL)
+    snippet = next(x for x in snippets if block in x)
     for old, new in (replace or {}).items():
         assert old in snippet
         snippet = snippet.replace(old, new)
@@ -344,11 +350,13 @@ def test_pretrain_py_from_hf_dir_and_back(tmp_path, sample_spm, hf_dir, monkeypa
     assert run_readme(out, monkeypatch)["out"].prediction_logits.shape[-1] == 1007
 
 
-def test_finetuned_export_gives_predict_py_labels(tmp_path, sample_spm, monkeypatch, capsys):
-    """train.py's checkpoint, exported and run by transformers as README.md says, labels the 5,003 sample reviews as predict.py does."""
-    config = tmp_path / "tiny.json"
+@pytest.fixture(scope="module")
+def nsmc_export(tmp_path_factory, sample_spm):
+    """train.py's checkpoint (n_seq 48, shorter than many sample reviews) and its export.py directory."""
+    d = tmp_path_factory.mktemp("nsmc")
+    config = d / "tiny.json"
     config.write_text(json.dumps(TINY))
-    best = tmp_path / "best.pth"
+    best = d / "best.pth"
     train.main(
         [
             "--config",
@@ -356,9 +364,9 @@ def test_finetuned_export_gives_predict_py_labels(tmp_path, sample_spm, monkeypa
             "--vocab",
             sample_spm,
             "--train",
-            nsmc_head(tmp_path / "train.txt", 1000),
+            nsmc_head(d / "train.txt", 1000),
             "--test",
-            nsmc_head(tmp_path / "test.txt", 50, "ratings_test.txt"),
+            nsmc_head(d / "test.txt", 50, "ratings_test.txt"),
             "--save",
             str(best),
             "--epoch",
@@ -373,26 +381,34 @@ def test_finetuned_export_gives_predict_py_labels(tmp_path, sample_spm, monkeypa
             "0",
             "--fp32",
             "--log_dir",
-            str(tmp_path / "log"),
+            str(d / "log"),
         ]
     )
-    out = tmp_path / "nsmc-bert"
+    out = d / "nsmc-bert"
     export.main(["--pretrain", str(best), "--vocab", sample_spm, "--output", str(out)])
+    model, sp, n_seq = predict.load_classifier(str(best), sample_spm)
+    assert n_seq == 48
+    reviews, _ = read_nsmc(os.path.join(SAMPLE, "ratings_test.txt"))
+    return best, out, reviews, predict.predict(model, sp, reviews, n_seq)
+
+
+def test_finetuned_export_gives_predict_py_labels(nsmc_export, tmp_path, monkeypatch, capsys):
+    """train.py's checkpoint, exported and run by transformers as README.md says, labels the 5,003 sample reviews as predict.py does."""
+    best, out, reviews, predicted = nsmc_export
     saved, back = (
         torch.load(best, weights_only=True)["model"],
         load_checkpoint(str(out))["model"],
     )  # and our reader takes it back
     assert set(back) == set(saved) and all(torch.equal(back[k], v) for k, v in saved.items())
-
-    reviews, _ = read_nsmc(os.path.join(SAMPLE, "ratings_test.txt"))
-    model, sp, n_seq = predict.load_classifier(str(best), sample_spm)
-    assert n_seq == 48
-    ours = [label for label, _ in predict.predict(model, sp, reviews, n_seq)]
+    ours = [label for label, _ in predicted]
+    # predict.py --save DIR: the tokenizer's model_max_length gives back train.py's --n_seq, so the same answers
+    model, sp, n_seq = predict.load_classifier(str(out), str(out / "spiece.model"))
+    assert n_seq == 48 and predict.predict(model, sp, reviews, n_seq) == predicted
 
     # the README's own snippet, on every review
     readme = (out / "README.md").read_text(encoding="utf-8")
-    assert "[CLS]" in readme and "[PAD]=0" in readme and f"cut to {n_seq} tokens" in readme
-    (tmp_path / "reviews.json").write_text(json.dumps(reviews), encoding="utf-8")
+    assert "[CLS]" in readme and "[PAD]=0" in readme and "cut to 48 tokens" in readme
+    (out.parent / "reviews.json").write_text(json.dumps(reviews), encoding="utf-8")
     read_them = 'import json; reviews = json.load(open("reviews.json", encoding="utf-8"))'
     logits = run_readme(out, monkeypatch, {'reviews = ["이 영화 정말 재밌어요", "배우 연기가 최악이다"]': read_them})[
         "logits"
@@ -403,3 +419,237 @@ def test_finetuned_export_gives_predict_py_labels(tmp_path, sample_spm, monkeypa
     print(f"{len(reviews)} reviews: {np.mean(ours):.1%} positive; smallest logit margin {margin:.1e}")
     assert 0.1 < np.mean(ours) < 0.9, "the classifier should not give one label to every review"
     assert theirs == ours
+
+
+def classify(tokenizer, out, reviews):
+    """pipeline("text-classification") over `reviews` -> [(label index, score)]."""
+    pipe = transformers.pipeline("text-classification", model=str(out), tokenizer=tokenizer)
+    return [(predict.LABELS.index(r["label"]), r["score"]) for r in pipe(reviews, truncation=True, batch_size=64)]
+
+
+def test_text_classification_pipeline_gives_predict_py(nsmc_export, capsys):
+    """pipeline("text-classification", model=DIR): predict.py's label and probability for every sample test review."""
+    _, out, reviews, ours = nsmc_export
+    assert sum(len(ids) > 48 for ids in predict.load_vocab(str(out / "spiece.model")).encode(reviews)) > 100
+    theirs = classify(str(out), out, reviews)
+    assert [label for label, _ in theirs] == [label for label, _ in ours]
+    diff = max(abs(a[1] - b[1]) for a, b in zip(theirs, ours))
+    print(f"text-classification pipeline, {len(reviews)} reviews: same labels, max |probability difference| {diff:.1e}")
+    assert diff <= 1e-4
+
+    # negative control: without [CLS] ... [SEP] around each review the probabilities move far beyond 1e-4
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    tok.backend_tokenizer.post_processor = None
+    bare = classify(tok, out, reviews[:200])
+    assert max(abs(a[1] - b[1]) for a, b in zip(bare, ours)) > 1e-2
+
+
+def test_model_card(nsmc_export, monkeypatch, capsys):
+    """README.md is a Hub model card (YAML header with the measured accuracy) whose pipeline lines run as they are."""
+    hub = pytest.importorskip("huggingface_hub")
+    best, out, _, _ = nsmc_export
+    card = hub.ModelCard.load(out / "README.md")
+    data = card.data.to_dict()
+    assert {k: data[k] for k in ("language", "license", "library_name", "pipeline_tag", "datasets", "metrics")} == {
+        "language": "ko",
+        "license": "cc-by-sa-4.0",
+        "library_name": "transformers",
+        "pipeline_tag": "text-classification",
+        "datasets": ["e9t/nsmc"],
+        "metrics": ["accuracy"],
+    }
+    (result,) = card.data.eval_results
+    acc = torch.load(best, weights_only=True)["test_acc"]
+    assert (
+        result.metric_type == "accuracy" and result.metric_value == round(acc, 4) and result.dataset_type == "e9t/nsmc"
+    )
+    run_readme(out, monkeypatch, block="pipeline")
+    printed = capsys.readouterr().out
+    assert "'label': 'positive'" in printed or "'label': 'negative'" in printed
+
+
+HARD = [  # the issue's list: what a review can hold that the sample reviews may not
+    "ㅋㅋㅋ",
+    "ㅠㅠ",
+    "ㅋㅋㅋㅋㅋㅋㅋ 재밌다ㅠㅠㅠ ㅎㅎ",
+    "ㅈㅓ질 ㅅㅅㅏㄴ영화 ㅋㅕㄵ",  # compatibility jamo typed one by one, which sentencepiece joins into a syllable
+    "평점너무높넬니ㄵ 영화ㄳ 가ﾣ",  # and a final consonant after a whole syllable, which it does not join
+    "독특하기만 하다～～～ (っ '～')づ",  # nmt_nfkc keeps the fullwidth tilde (NFKC would make it ~)
+    "  이   영화\t\t정말 \t 재밌어요  ",
+    "\t줄\n바꿈\r\n",
+    "   ",
+    "1,000점 10,000,000원 3.5점",
+    "BTS 2019 K-pop abc123 ABC def",
+    "이 영화 😂😂 👍🏻 최고 ❤️",
+    "豈 㐀 𠀀 ꥠ 龘",  # outside the sample vocabulary: [UNK]
+    "재밌어요 [CLS]",
+    "영화가 [MASK] 재밌다 [SEP] 끝",
+    "[CLS][SEP][MASK]a[MASK]b",
+    "[PAD] [UNK] [BOS] [EOS] x[PAD] [CLS][PAD] [[UNK]]",  # control pieces are text to sentencepiece
+    "[cls] ［ＣＬＳ］ [CLS ]",
+    "▁ ▁▁ a ▁",
+    "ｆｕｌｌ ｗｉｄｔｈ １２３ ①②③ ㈜ ㎏ ½ ﾊﾝｶｸ",
+    "¨abc a ¨ b é é",  # (a combining mark after a fullwidth letter, Ｕ̋, is not: see docs/huggingface.md)
+    "\u3000전각\u3000공백\u00a0nbsp\u200b",
+    "",
+    "영화" * 300,  # 600 characters: truncation
+]
+
+
+@pytest.fixture(scope="module")
+def unigram_spm(tmp_path_factory):
+    return vocab.train_vocab(
+        os.path.join(SAMPLE, "kowiki-sample.txt.xz"),
+        str(tmp_path_factory.mktemp("spm") / "unigram"),
+        vocab_size=1000,
+        model_type="unigram",
+        character_coverage=0.99,
+    )
+
+
+def mismatches(tokenizer, sp, texts, n):
+    """Texts whose AutoTokenizer ids are not [CLS] + sp.encode(text)[: n - 2] + [SEP] -> [(text, ours, theirs)]."""
+    theirs = tokenizer(texts, truncation=True)["input_ids"]
+    ours = [[CLS_ID] + ids[: n - 2] + [SEP_ID] for ids in sp.encode(texts)]
+    return [(t, a, b) for t, a, b in zip(texts, ours, theirs) if a != b]
+
+
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_tokenizer_gives_sentencepiece_ids(kind, sample_spm, unigram_spm, tmp_path, capsys):
+    """AutoTokenizer on export.py's tokenizer files: our scripts' ids for the 5,003 sample test reviews and HARD."""
+    path = sample_spm if kind == "bpe" else unigram_spm
+    sp = vocab.load_vocab(path)
+    export.write_tokenizer(path, str(tmp_path), 48)
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert tok.model_max_length == 48 and tok.is_fast
+    assert [tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id] == [
+        0,
+        1,
+        5,
+        4,
+        6,
+    ]
+    reviews, _ = read_nsmc(os.path.join(SAMPLE, "ratings_test.txt"))
+    texts = reviews + HARD
+    assert sum(len(x) > 46 for x in sp.encode(texts)) > 100  # truncation is exercised
+    bad = mismatches(tok, sp, texts, 48)
+    if kind == "unigram":
+        # sentencepiece sums piece scores in float32, tokenizers in float64: between segmentations of equal
+        # score ("0" + "00" or "00" + "0" in a run of zeros) the rounding picks one; any other difference fails
+        def score(ids):
+            return sum(sp.get_score(i) for i in ids[1:-1])
+
+        assert all(abs(score(a) - score(b)) < 1e-3 for _, a, b in bad), bad
+        assert len(bad) <= 2, bad
+    else:
+        assert not bad, bad
+    print(f"{kind}: {len(texts)} texts, {len(texts) - len(bad)} with the same ids; {len(bad)} equal-score ties")
+
+    # pairs: [CLS] A [SEP] B [SEP], token types 0 then 1, as data.py makes them
+    a, b = "지미 카터는 미국의 대통령이다.", "그는 민주당 출신이다."
+    enc = tok(a, b)
+    ids_a, ids_b = sp.encode(a), sp.encode(b)
+    assert enc["input_ids"] == [CLS_ID, *ids_a, SEP_ID, *ids_b, SEP_ID]
+    assert enc["token_type_ids"] == [0] * (len(ids_a) + 2) + [1] * (len(ids_b) + 1)
+    assert vocab.UNK_ID not in ids_a + ids_b and tok.decode(enc["input_ids"], skip_special_tokens=True) == sp.decode(
+        ids_a + ids_b
+    )
+
+    # negative controls: tokenizers' Precompiled alone (no NFC after it) leaves ㅈㅓ as two unknown jamo, and
+    # matching special tokens in the raw text (transformers' default) drops the ▁ before a typed [CLS]
+    tok.backend_tokenizer.normalizer = export.fast_tokenizer(
+        {**export.read_spm_model(path), "norm_name": "custom"}
+    ).normalizer
+    assert len(mismatches(tok, sp, reviews, 48)) > len(bad)
+    raw = transformers.AutoTokenizer.from_pretrained(tmp_path, split_special_tokens=False)
+    assert mismatches(raw, sp, ["재밌어요 [CLS]", "영화가 [MASK] 재밌다"], 48)
+
+
+def mask_sentences(sp, n=50):
+    """n sentences of the sample corpus, each with one piece in its middle replaced by [MASK]."""
+    with lzma.open(os.path.join(SAMPLE, "kowiki-sample.txt.xz"), "rt", encoding="utf-8") as f:
+        lines = [x.strip() for x in f if len(x.strip()) > 40 and not x.startswith("<")]
+    out = []
+    for line in lines[:: len(lines) // n][:n]:
+        pieces = sp.encode(line, out_type=str)[:40]  # within TINY's 64 positions
+        k = len(pieces) // 2
+        # ▁ stays a space, so the text encodes back to the same pieces with [MASK] for piece k
+        out.append("".join(pieces[:k] + ["[MASK]"] + pieces[k + 1 :]).replace("▁", " ").strip())
+    return out
+
+
+def test_fill_mask_pipeline_gives_our_top5(sample_spm, tmp_path, monkeypatch, capsys):
+    """pipeline("fill-mask") on an exported pretraining checkpoint: our MLM head's top 5 pieces for 50 sentences."""
+    config = BertConfig(**TINY)
+    pre = randomize(BertForPreTraining(config), 7)
+    save = tmp_path / "pre.pth"
+    torch.save({"model": pre.state_dict(), "config": config.to_dict(), "vocab_size": 1007, "step": 10}, save)
+    out = tmp_path / "kowiki-bert"
+    export.main(["--pretrain", str(save), "--vocab", sample_spm, "--output", str(out)])
+    hf, info = transformers.AutoModelForMaskedLM.from_pretrained(out, output_loading_info=True)
+    assert isinstance(hf, transformers.BertForMaskedLM) and not info["missing_keys"] and not info["mismatched_keys"]
+    assert "pipeline_tag: fill-mask" in (out / "README.md").read_text(encoding="utf-8")
+    run_readme(out, monkeypatch, block="pipeline")  # the model card's lines
+    assert "'token_str'" in capsys.readouterr().out
+
+    sp = vocab.load_vocab(sample_spm)
+    texts = mask_sentences(sp)
+    ids = [[CLS_ID, *x, SEP_ID] for x in sp.encode(texts)]
+    assert all(x.count(MASK_ID) == 1 for x in ids)
+    ours = []
+    with torch.no_grad():
+        for x in ids:
+            probs = pre(torch.tensor([x]))[0][0, x.index(MASK_ID)].softmax(-1)
+            p, i = probs.topk(5)
+            ours.append(list(zip(i.tolist(), p.tolist())))
+
+    def fill(tokenizer):
+        pipe = transformers.pipeline("fill-mask", model=str(out), tokenizer=tokenizer)
+        return [[(r["token"], r["score"]) for r in rs] for rs in pipe(texts, top_k=5)]
+
+    theirs = fill(str(out))
+    assert [[i for i, _ in x] for x in theirs] == [[i for i, _ in x] for x in ours]
+    diff = max(abs(a[1] - b[1]) for x, y in zip(theirs, ours) for a, b in zip(x, y))
+    print(f"fill-mask pipeline, {len(texts)} sentences: same top 5 pieces, max |probability difference| {diff:.1e}")
+    assert diff <= 1e-4
+    # negative control: [MASK] matched in the raw text (split_special_tokens off) loses the ▁ before it
+    raw = transformers.AutoTokenizer.from_pretrained(out, split_special_tokens=False)
+    assert [[i for i, _ in x] for x in fill(raw)] != [[i for i, _ in x] for x in ours]
+
+
+def test_weights_formats(tmp_path):
+    """model.safetensors by default, pytorch_model.bin with --bin; one weight file per directory."""
+    config = BertConfig(**CONFIGS["h64-4heads-v301"])
+    state = {"model": randomize(BertForPreTraining(config), 8).state_dict(), "config": config.to_dict()}
+    for name, st in (("st", True), ("bin", False)):
+        export.export(state, str(tmp_path / name), safetensors=st)
+        hf, info = transformers.BertForPreTraining.from_pretrained(tmp_path / name, output_loading_info=True)
+        assert no_loading_issues(info), info
+        assert all(torch.equal(v, state["model"][k]) for k, v in hf.state_dict().items())
+    assert sorted(os.listdir(tmp_path / "st")) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path / "bin")) == ["config.json", "pytorch_model.bin"]
+    with pytest.raises(UserError, match="already holds a model.safetensors"):
+        export.export(state, str(tmp_path / "st"), safetensors=False)
+
+
+def test_import_of_a_tokenizer_json_directory_names_the_vocab_file(nsmc_export, tmp_path):
+    """A Hugging Face directory with tokenizer.json but no spiece.model: the one-line error says which --vocab to pass."""
+    d = tmp_path / "hub-bert"
+    shutil.copytree(nsmc_export[1], d)
+    (d / "spiece.model").unlink()
+    for path in (d, d / "tokenizer.json", d / "spiece.model"):
+        with pytest.raises(UserError, match=r"tokenizer\.json but no spiece\.model.*--vocab") as e:
+            vocab.load_vocab(str(path))
+        assert "\n" not in str(e.value)
+    p = subprocess.run(
+        [sys.executable, "predict.py", "--save", str(d), "--vocab", str(d / "spiece.model"), "재밌어요"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and p.stderr.startswith(f"error: {d} has tokenizer.json")
+    shutil.copy(nsmc_export[1] / "spiece.model", d)  # with it, --vocab DIR names the file to pass
+    with pytest.raises(UserError, match=f"pass --vocab {re.escape(str(d / 'spiece.model'))}"):
+        vocab.load_vocab(str(d))
