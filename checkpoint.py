@@ -139,7 +139,8 @@ def load_checkpoint(path, how="run `python pretrain.py` to make one"):
 
 
 def read_hf_weights(path):
-    """The state dict in a Hugging Face directory: model.safetensors first (as transformers does), else pytorch_model.bin."""
+    """The state dict in a Hugging Face directory: model.safetensors first (as transformers does), else
+    pytorch_model.bin."""
     st, pt = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
     if os.path.exists(st):
         try:
@@ -233,7 +234,8 @@ def check_config(state, config, path, config_path=None):
         if a != b:
             if name == "vocab_size":
                 raise UserError(
-                    f"{path} was trained with a vocabulary of {a} pieces but the vocab file has {b}; pass the --vocab it was trained with"
+                    f"{path} was trained with a vocabulary of {a} pieces but the vocab file has {b}; "
+                    "pass the --vocab it was trained with"
                 )
             where = f" in {config_path}" if config_path else ""
             raise UserError(

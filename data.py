@@ -333,7 +333,8 @@ def main():
     jobs = enumerate(chunked(documents, args.chunk_docs))
     if os.path.dirname(args.output):
         os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    tmp = f"{args.output}.tmp{os.getpid()}"  # a crash leaves no half-written file under the real name; two runs, two files
+    # a crash leaves no half-written file under the real name; two runs, two files
+    tmp = f"{args.output}.tmp{os.getpid()}"
     t0 = time.time()
     n_docs = n_bytes = n_instances = 0
     pool = None

@@ -110,7 +110,8 @@ def fast_tokenizer(m):
         ) from None
     if m["model_type"] not in (1, 2) or m["whitespace_suffix"] or not m["escape_spaces"]:
         raise UserError(
-            "only unigram and BPE SentencePiece models with the default whitespace handling convert (vocab.py makes them)"
+            "only unigram and BPE SentencePiece models with the default whitespace handling convert "
+            "(vocab.py makes them)"
         )
     pieces = m["pieces"]
     unk_id = next(i for i, (_, _, t) in enumerate(pieces) if t == UNKNOWN)
@@ -258,7 +259,8 @@ def write_safetensors(path, weights):
             "model.safetensors needs the safetensors package: pip install safetensors (or pass --bin)"
         ) from None
     # safetensors holds no shared tensors. The MLM decoder's are tied (weight = the word embedding, bias =
-    # cls.predictions.bias), so they are left out, as save_pretrained does; transformers and load_checkpoint tie them back.
+    # cls.predictions.bias), so they are left out, as save_pretrained does; transformers and load_checkpoint tie
+    # them back.
     tied = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
     save_file(
         {k: v.contiguous() for k, v in weights.items() if k not in tied}, path + ".tmp", metadata={"format": "pt"}
@@ -377,7 +379,8 @@ def model_card(state, d, name, source, weights, license, datasets, n_seq):
     }.get(arch, ("fill-mask", PIPE_PRETRAIN, EXAMPLE_PRETRAIN))
     if classifier:
         about = f"Fine-tuned by train.py for NSMC sentiment (labels 0 = {LABELS[0]}, 1 = {LABELS[1]})" + (
-            f"; test accuracy {acc:.4f} on train.py's --test file, at epoch {state.get('epoch', '?')}, the best on validation."
+            f"; test accuracy {acc:.4f} on train.py's --test file, at epoch {state.get('epoch', '?')}, "
+            "the best on validation."
             if acc is not None
             else "."
         )
@@ -396,7 +399,8 @@ def model_card(state, d, name, source, weights, license, datasets, n_seq):
         about = f"Pretrained by pretrain.py (masked LM + next sentence prediction){steps}."
         pipe_note = (
             "`[MASK]` stands for one SentencePiece piece; a space before it is a piece of its own (`▁`), as "
-            "SentencePiece encodes the text. `AutoModelForMaskedLM` loads the masked-LM head (the NSP head is left out)."
+            "SentencePiece encodes the text. `AutoModelForMaskedLM` loads the masked-LM head "
+            "(the NSP head is left out)."
         )
         n_seq_note = f"At most {d['max_position_embeddings']} tokens."
     return CARD.format(
@@ -461,8 +465,8 @@ def main(argv=None):
     with open(os.path.join(args.output, "README.md"), "w", encoding="utf-8") as f:
         f.write(card)
     print(
-        f"wrote {args.output}/: config.json, {weights}, tokenizer.json, tokenizer_config.json, special_tokens_map.json, "
-        f"spiece.model, README.md ({d['architectures'][0]}, model_max_length {n_seq})"
+        f"wrote {args.output}/: config.json, {weights}, tokenizer.json, tokenizer_config.json, "
+        f"special_tokens_map.json, spiece.model, README.md ({d['architectures'][0]}, model_max_length {n_seq})"
     )
 
 

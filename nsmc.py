@@ -51,7 +51,8 @@ def length_batches(lengths, batch, rng, pool=50):
 
 
 def collate_reviews(ids, labels=None, n_seq=None):
-    """A batch padded to its longest review (pad id 0), rounded up to a multiple of 16 within n_seq; labels 0 when not given.
+    """A batch padded to its longest review (pad id 0), rounded up to a multiple of 16 within n_seq; labels 0
+    when not given.
 
     The rounding keeps the number of distinct batch shapes small: the CPU's bf16 kernels are built and
     cached per shape, and a shape per length grew a fine-tuning run's memory from 0.75 to 2+ GB."""

@@ -451,7 +451,8 @@ def main(argv=None):
         spread = f" ± {acc.std(ddof=1):.4f}" if len(acc) > 1 else ""
         lines.append(
             f"| {item} | {rs[0]['pretraining']} | {epochs} | {loss:.4f} | **{acc.mean():.4f}**{spread} "
-            f"({len(acc)} seed{'s' if len(acc) > 1 else ''}; lr {rs[0]['lr']}, batch {rs[0]['batch']}) | {minutes} | {rs[0]['hardware']} |"
+            f"({len(acc)} seed{'s' if len(acc) > 1 else ''}; lr {rs[0]['lr']}, batch {rs[0]['batch']}) | {minutes} | "
+            f"{rs[0]['hardware']} |"
         )
     table = "\n".join(lines) + "\n"
     with replacing(f"{out}/results.md") as f:

@@ -71,7 +71,8 @@ def parse_instance(line, path, lineno):
 
 
 def report_bad_lines(path, bad, skip):
-    """Print every bad line (file:line: why) to stderr; without --skip_bad_lines stop with one line before any training."""
+    """Print every bad line (file:line: why) to stderr; without --skip_bad_lines stop with one line before any
+    training."""
     for msg in bad:
         print(f"bad line: {msg}", file=sys.stderr)
     if bad and not skip:

@@ -1,4 +1,5 @@
-"""Our BERT is Hugging Face's: equal outputs both ways, and checkpoints cross over (export.py; load_checkpoint on a directory).
+"""Our BERT is Hugging Face's: equal outputs both ways, and checkpoints cross over (export.py; load_checkpoint on a
+directory).
 An exported directory works with AutoTokenizer and pipeline(): the same ids as sentencepiece, predict.py's labels.
 
 transformers is a test-only dependency: without it these tests are skipped. `pytest -s tests/test_hf.py`
@@ -85,7 +86,8 @@ def randomize(model, seed):
 
 
 def make_batch(config, seed=0):
-    """[CLS] A [SEP] B [SEP] with both segments; rows 1 and 2 end in padding. Fills every position for the last config."""
+    """[CLS] A [SEP] B [SEP] with both segments; rows 1 and 2 end in padding. Fills every position for the last
+    config."""
     B, T = 3, min(24, config.max_position_embeddings)
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(7, config.vocab_size, (B, T), generator=g)
@@ -292,7 +294,8 @@ def test_train_py_from_hf_dir(tmp_path, sample_spm, hf_dir):
 
 
 def test_pretrain_py_from_hf_dir_and_back(tmp_path, sample_spm, hf_dir, monkeypatch):
-    """pretrain.py --pretrain DIR starts from its weights (--lr 0 keeps them); export.py gives them back to transformers."""
+    """pretrain.py --pretrain DIR starts from its weights (--lr 0 keeps them); export.py gives them back to
+    transformers."""
     rng = np.random.default_rng(0)
     with open(tmp_path / "inst.json", "w") as f:
         for _ in range(8):
@@ -393,7 +396,8 @@ def nsmc_export(tmp_path_factory, sample_spm):
 
 
 def test_finetuned_export_gives_predict_py_labels(nsmc_export, tmp_path, monkeypatch, capsys):
-    """train.py's checkpoint, exported and run by transformers as README.md says, labels the 5,003 sample reviews as predict.py does."""
+    """train.py's checkpoint, exported and run by transformers as docs/huggingface.md says, labels the 5,003 sample
+    reviews as predict.py does."""
     best, out, reviews, predicted = nsmc_export
     saved, back = (
         torch.load(best, weights_only=True)["model"],
@@ -633,7 +637,8 @@ def test_weights_formats(tmp_path):
 
 
 def test_import_of_a_tokenizer_json_directory_names_the_vocab_file(nsmc_export, tmp_path):
-    """A Hugging Face directory with tokenizer.json but no spiece.model: the one-line error says which --vocab to pass."""
+    """A Hugging Face directory with tokenizer.json but no spiece.model: the one-line error says which --vocab to
+    pass."""
     d = tmp_path / "hub-bert"
     shutil.copytree(nsmc_export[1], d)
     (d / "spiece.model").unlink()

@@ -276,7 +276,8 @@ def test_n_seq_above_positions(work, tmp_path):
     short.write_text(json.dumps({**MICRO, "max_position_embeddings": 32}))
     with pytest.raises(
         UserError,
-        match=r"instances of \d+ tokens but .*short\.json allows 32 positions; rebuild with `python data.py --n_seq 32`",
+        match=r"instances of \d+ tokens but .*short\.json allows 32 positions; "
+        r"rebuild with `python data.py --n_seq 32`",
     ):
         pretrain.main(pretrain_args(work, "--config", str(short), "--save", str(tmp_path / "x.pth")))
     with pytest.raises(UserError, match=r"--n_seq 128 is above the 32 positions"):

@@ -79,7 +79,8 @@ def test_results_script_builds_the_table(tmp_path):
     ]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
-    # vocab, 2 data, 3 pretraining runs, 2 seeds for each of the 5 rows, and the 2 LRs of 'none' on the 200-review sweep file
+    # vocab, 2 data, 3 pretraining runs, 2 seeds for each of the 5 rows, and the 2 LRs of 'none' on the 200-review
+    # sweep file
     assert p.stdout.count("$ ") == 1 + 2 + 3 + 5 * 2 + 2
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
