@@ -330,5 +330,13 @@ def configure_optimizer(model, lr, weight_decay=0.01, betas=(0.9, 0.999), eps=1e
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=device_type == "cuda")
 
 
+def flops_per_token(config, T, training=True):
+    """Matmul FLOPs per token of the encoder at sequence length T: 2 per weight (QKV, output, FFN) plus
+    q k^T and att @ v; x3 for a training step (the backward pass is twice the forward). Heads left out."""
+    H, L = config.hidden_size, config.num_hidden_layers
+    forward = L * (2 * (4 * H * H + 2 * H * config.intermediate_size) + 4 * T * H)
+    return 3 * forward if training else forward
+
+
 def count_parameters(model):
     return sum(p.numel() for p in model.parameters())

@@ -150,8 +150,26 @@ def test_bench_runs(tmp_path, capsys):
             str(tmp_path / "w"),
         ]
     )
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("speedup vs transformers: ") and "tok/s" in last
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("machine: ") and "matrix ISA" in out[0]
+    assert any(line.startswith("pretrain         ours:") and "MFU" in line for line in out)
+    assert out[-1].startswith("speedup vs transformers: ") and "tok/s" in out[-1]
+    bench.main(
+        [
+            "--task",
+            "predict",
+            "--config",
+            str(cfg),
+            "--predict_reviews",
+            "40",
+            "--rounds",
+            "1",
+            "--work",
+            str(tmp_path / "w"),
+        ]
+    )
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("predict: ours ") and "x before" in out[-1] and "x transformers" in out[-1]
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA GPU"):
             bench.main(["--gpu", "0", "--config", str(cfg)])
