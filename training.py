@@ -91,6 +91,18 @@ def mixed_precision(device, fp32=False):
     return contextlib.nullcontext(), None, "fp32"
 
 
+def release_free_memory():
+    """Give the heap pages that freed tensors left behind back to the system (glibc's malloc_trim; a no-op
+    elsewhere). glibc keeps them for reuse, but evaluation's tensors have other shapes than training's, so
+    without this the two phases' peaks add up: a full NSMC fine-tuning run reached 1.9 GB instead of 1.2."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def linear_warmup_decay(step, warmup_steps, total_steps):
     """LR multiplier: 0 -> 1 over warmup_steps, then linearly down to 0 at total_steps."""
     if step < warmup_steps:
