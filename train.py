@@ -136,8 +136,10 @@ def evaluate(model, ids, labels, batch, n_seq, device, autocast, rank=0, world=1
 
 def main(argv=None):
     args = get_args(argv)
-    if args.epoch < 1 or args.batch < 1 or args.grad_accum < 1 or not 0 <= args.valid < 1:
-        raise UserError("--epoch, --batch and --grad_accum must be at least 1 and --valid in [0, 1)")
+    if args.epoch < 1 or args.batch < 1 or args.grad_accum < 1 or not 0 <= args.valid < 1 or args.batch_tokens < 0:
+        raise UserError(
+            "--epoch, --batch and --grad_accum must be at least 1, --batch_tokens at least 0 and --valid in [0, 1)"
+        )
     require_file(args.config, "pass --config config_half.json or config.json")
     rank, world, device = setup_distributed(args.gpu)
     master = rank == 0  # only rank 0 prints, logs, plots and writes checkpoints
