@@ -5,6 +5,7 @@
     python bench.py --task data              # data.py throughput on the bundled sample
     python bench.py --task memory            # peak RSS of pretrain.py on 1x and 10x the instances
     python bench.py --task curve             # loss curves of the fast and the plain path, same batches and init
+    python bench.py --task predict           # predict.py against today's baseline and transformers' pipeline
     python bench.py --task all               # all but curve; the pretraining line comes last
     python bench.py --gpu 0                  # the same on a GPU
     python bench.py --plain                  # our plain path (nn.Dropout, SDPA dropout, separate q/k/v)
@@ -15,6 +16,11 @@ backward, clip, optimizer step) alternate ours / theirs on the same batch after 
 figures are medians of the per-step tokens/s (tokens = batch x padded length, the same for both).
 The pretraining batches are real instances from data.py on the bundled Wikipedia sample, padded
 to --seq. Last line: `speedup vs transformers: X.XXx (ours N tok/s, transformers M tok/s)`.
+
+The first lines say what it ran on: the CPU model and its matrix instructions (AVX2 / AVX-512 / AMX,
+from /proc/cpuinfo) or the GPU, and the measured peak of a large matmul in each precision used; each
+result then gives its model FLOPs utilisation (MFU): model FLOPs per token x tokens/s / that peak.
+bf16 is used only where the hardware has it (training.cpu_has_bf16): AVX2-only CPUs run it emulated.
 """
 
 import argparse
@@ -30,11 +36,13 @@ import torch
 import torch.nn.functional as F
 
 import model as ours_model
+import predict
+from checkpoint import save_checkpoint
 from errors import UserError, main_guard, require_file
-from model import BertConfig, BertForPreTraining, BertForSequenceClassification, configure_optimizer
+from model import BertConfig, BertForPreTraining, BertForSequenceClassification, configure_optimizer, flops_per_token
 from nsmc import collate_reviews, encode_reviews, length_batches, read_nsmc
 from store import PretrainStore, collate_pretrain
-from training import get_device, mixed_precision
+from training import cpu_flags, cpu_model, get_device, matrix_isa, mixed_precision
 from vocab import load_vocab
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -43,7 +51,9 @@ SAMPLE = os.path.join(ROOT, "data", "sample")
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="pretrain", choices=["pretrain", "finetune", "data", "memory", "curve", "all"])
+    p.add_argument(
+        "--task", default="pretrain", choices=["pretrain", "finetune", "predict", "data", "memory", "curve", "all"]
+    )
     p.add_argument("--config", default="config_half.json")
     p.add_argument(
         "--seq", type=int, default=128, help="pretraining sequence length (instances made with data.py --n_seq SEQ)"
@@ -63,7 +73,12 @@ def get_args(argv=None):
     )
     p.add_argument("--no_hf", action="store_true", help="time ours only (no transformers needed)")
     p.add_argument("--curve_steps", type=int, default=200, help="steps of each path for --task curve")
-    p.add_argument("--reviews", default=os.path.join(SAMPLE, "ratings_train.txt"), help="NSMC file for --task finetune")
+    p.add_argument(
+        "--reviews", default=os.path.join(SAMPLE, "ratings_train.txt"), help="NSMC file for --task finetune / predict"
+    )
+    p.add_argument("--predict_reviews", type=int, default=2000, help="reviews classified per round in --task predict")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of each side in --task predict (median reported)")
+    p.add_argument("--hf_batch", type=int, default=32, help="transformers pipeline's batch_size in --task predict")
     p.add_argument("--work", default="runs/bench", help="vocabulary and instances made from the sample are kept here")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -115,6 +130,49 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def describe_machine(device):
+    """One line: what the figures below were measured on."""
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        return f"machine: {p.name} ({p.total_memory / 2**30:.0f} GiB), torch {torch.__version__}"
+    return (
+        f"machine: {cpu_model()}, {os.cpu_count()} cores ({torch.get_num_threads()} threads used), "
+        f"matrix ISA {matrix_isa(cpu_flags())}, torch {torch.__version__}"
+    )
+
+
+_peaks = {}
+
+
+def matmul_peak(device, precision, n=2048):
+    """Measured FLOP/s of an n x n matmul in `precision` (fp32 / bf16 / fp16) on this device, once per run.
+    Only precisions mixed_precision picked come here, so an emulated bf16 is never timed."""
+    if precision not in _peaks:
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        clock = time.thread_time if device.type == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
+        for _ in range(2):
+            a @ b  # warm-up: oneDNN builds its kernel
+        sync(device)
+        reps, t0 = 0, clock()
+        while reps < 3 or clock() - t0 < 0.5:
+            a @ b
+            sync(device) if device.type == "cuda" and reps % 10 == 9 else None
+            reps += 1
+        sync(device)
+        _peaks[precision] = 2 * n**3 * reps / (clock() - t0)
+        print(f"peak: {n}x{n} matmul in {precision}: {_peaks[precision] / 1e12:.2f} TFLOP/s measured")
+    return _peaks[precision]
+
+
+def mfu_line(what, name, tokens_per_s, flops, device, precision):
+    peak = matmul_peak(device, precision)
+    print(
+        f"{what} {name:>12}: {flops / 1e6:.1f} MFLOP/token x {tokens_per_s:,.0f} tok/s = "
+        f"{flops * tokens_per_s / 1e12:.3f} TFLOP/s, MFU {flops * tokens_per_s / peak:.1%} of the {precision} peak"
+    )
+
+
 def make_hf(kind, config, device, state):
     """transformers' model of the same config and weights, SDPA attention."""
     import transformers
@@ -156,7 +214,8 @@ def report(rates, first, what, unit="tok/s"):
     for name, r in rates.items():
         q = np.percentile(r, [25, 75])
         print(
-            f"{what} {name:>12}: median {med[name]:,.0f} {unit} (IQR {q[0]:,.0f}-{q[1]:,.0f}; first step {first[name]:.1f} s wall)"
+            f"{what} {name:>12}: median {med[name]:,.0f} {unit} (IQR {q[0]:,.0f}-{q[1]:,.0f}; "
+            f"first step {first[name]:.1f} s wall)"
         )
     if (
         len(rates) == 2
@@ -212,11 +271,15 @@ def bench_pretrain(args, device):
         hf = make_hf("BertForPreTraining", config, device, ours.state_dict())
         models["transformers"] = (hf, configure_optimizer(hf, 1e-4, device_type=device.type), hf_loss)
     print(
-        f"pretraining step: {args.config}, seq {args.seq}, batch {args.batch}, {precision} on {device}, "
-        f"{'plain' if args.plain else 'fast'} path{', compiled' if args.compile else ''}; {args.steps} timed steps each, alternating"
+        f"pretraining step: {args.config}, seq {args.seq}, batch {args.batch}, {precision} autocast for both on "
+        f"{device}, {'plain' if args.plain else 'fast'} path{', compiled' if args.compile else ''}; {args.steps} "
+        "timed steps each, alternating"
     )
     rates, first = race(models, batches, lambda b: b["input_ids"].numel(), args, device, autocast)
-    return report(rates, first, "pretrain")
+    med = report(rates, first, "pretrain")
+    for name, r in med.items():
+        mfu_line("pretrain", name, r, flops_per_token(config, args.seq), device, precision)
+    return med
 
 
 def bench_finetune(args, device):
@@ -247,13 +310,115 @@ def bench_finetune(args, device):
         hf = make_hf("BertForSequenceClassification", config, device, ours.state_dict())
         models["transformers"] = (hf, configure_optimizer(hf, 5e-5, device_type=device.type), hf_loss)
     print(
-        f"fine-tuning step: {args.config}, NSMC reviews of {os.path.basename(args.reviews)} in length-bucketed batches of "
-        f"{args.ft_batch} (mean padded length {statistics.mean(b['input_ids'].size(1) for b in batches):.0f}), {precision} on {device}"
+        f"fine-tuning step: {args.config}, NSMC reviews of {os.path.basename(args.reviews)} in length-bucketed "
+        f"batches of {args.ft_batch} (mean padded length "
+        f"{statistics.mean(b['input_ids'].size(1) for b in batches):.0f}), {precision} autocast for both on {device}"
     )
     rates, first = race(models, batches, lambda b: len(b["labels"]), args, device, autocast)
     med = report(rates, first, "finetune", "reviews/s")
+    T = statistics.mean(b["input_ids"].size(1) for b in batches)
     for name, r in med.items():
         print(f"finetune {name:>12}: one NSMC epoch (150,000 reviews) ~ {150000 / r / 60:.1f} min at the median rate")
+        mfu_line("finetune", name, r * T, flops_per_token(config, T), device, precision)
+    return med
+
+
+def old_predict(model, sp, reviews, n_seq, batch=256):
+    """predict.py before the streaming work, for the 'before' side: unsorted batches of 256 in fp32."""
+    out = []
+    ids = encode_reviews(sp, reviews, n_seq)
+    with torch.no_grad():
+        for i in range(0, len(ids), batch):
+            b = collate_reviews(ids[i : i + batch], n_seq=n_seq)
+            p, label = model(b["input_ids"], attention_mask=b["attention_mask"]).float().softmax(-1).max(-1)
+            out += list(zip(label.tolist(), p.tolist()))
+    return out
+
+
+def bench_predict(args, device):
+    """predict.py's path against its own baseline (before) and transformers' text-classification pipeline, on
+    the same reviews and an exported copy of the same (random-weight) classifier. Each side: reviews/s end to end."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    precision = mixed_precision(device, args.fp32)[2]
+    dtype = predict.DTYPES[precision]
+    vocab, _ = prepare(args)
+    sp = load_vocab(vocab)
+    config = BertConfig.from_json_file(args.config, vocab_size=sp.get_piece_size())
+    n_seq = min(128, config.max_position_embeddings)
+    ckpt, hf_dir = os.path.join(args.work, "classifier.pth"), os.path.join(args.work, "hf_classifier")
+    save_checkpoint(
+        ckpt, {"model": BertForSequenceClassification(config).state_dict(), "config": config.to_dict(), "n_seq": n_seq}
+    )
+    if os.path.exists(os.path.join(hf_dir, "pytorch_model.bin")):
+        os.remove(os.path.join(hf_dir, "pytorch_model.bin"))
+    run(["export.py", "--pretrain", ckpt, "--vocab", vocab, "--output", hf_dir])
+    reviews = read_nsmc(args.reviews)[0][: args.predict_reviews]
+    ours, _, _ = predict.load_classifier(ckpt, vocab)
+    ours.to(device, dtype)
+    before = predict.load_classifier(ckpt, vocab)[0].to(device)
+    hf = transformers.BertForSequenceClassification.from_pretrained(hf_dir, attn_implementation="sdpa")
+    hf = hf.to(device, dtype).eval()
+    has_tokenizer = any(os.path.exists(os.path.join(hf_dir, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
+    if has_tokenizer:  # the pipeline as a user runs it, tokenizer included
+        pipe = transformers.pipeline("text-classification", model=hf, tokenizer=hf_dir, device=device)
+
+        def hf_side(texts):
+            return pipe(texts, batch_size=args.hf_batch, truncation=True, max_length=n_seq)
+    else:
+        # no tokenizer files in the export: what the pipeline does after tokenizing, on our ids (tokenizing untimed)
+        pre = [[5, *x[: n_seq - 2], 4] for x in sp.encode(reviews)]
+
+        def hf_side(texts):
+            out = []
+            with torch.inference_mode():
+                for i in range(0, len(pre), args.hf_batch):
+                    chunk = pre[i : i + args.hf_batch]
+                    T = max(len(x) for x in chunk)
+                    x = torch.tensor([c + [0] * (T - len(c)) for c in chunk], device=device)
+                    out += hf(input_ids=x, attention_mask=(x != 0).long()).logits.float().softmax(-1).tolist()
+            return out
+
+    sides = {
+        "ours": (lambda t: predict.predict(ours, sp, t, n_seq), precision + " weights"),
+        "before": (lambda t: old_predict(before, sp, t, n_seq), "fp32"),
+        "transformers": (hf_side, precision + " weights"),
+    }
+    clock = time.thread_time if device.type == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
+    print(
+        f"predict: {args.config} classifier, {len(reviews):,} reviews of {os.path.basename(args.reviews)}, "
+        f"{args.rounds} rounds on {device}; transformers: "
+        + (
+            f"pipeline('text-classification', batch_size={args.hf_batch}) on the texts"
+            if has_tokenizer
+            else f"the export has no tokenizer files, so the model gets our pre-tokenized ids in input order, "
+            f"batches of {args.hf_batch} padded to their longest (the pipeline's work after tokenizing; "
+            "tokenizing untimed)"
+        )
+    )
+    rates = {name: [] for name in sides}
+    for _ in range(args.rounds):
+        for name, (fn, _) in sides.items():
+            fn(reviews[:64])  # warm-up
+            sync(device)
+            t0 = clock()
+            fn(reviews)
+            sync(device)
+            rates[name].append(len(reviews) / (clock() - t0))
+    tokens = statistics.mean(min(len(x), n_seq - 2) + 2 for x in sp.encode(reviews))  # real tokens per review
+    med = {name: statistics.median(r) for name, r in rates.items()}
+    for name, (_, prec) in sides.items():
+        print(
+            f"predict {name:>12}: median {med[name]:,.0f} reviews/s "
+            f"({prec}; rounds {', '.join(f'{r:,.0f}' for r in rates[name])})"
+        )
+        mfu_line("predict", name, med[name] * tokens, flops_per_token(config, tokens, False), device, prec.split()[0])
+    print(
+        f"predict: ours {med['ours'] / med['before']:.1f}x before, "
+        f"{med['ours'] / med['transformers']:.2f}x transformers "
+        f"({tokens:.0f} real tokens per review; MFU counts real tokens)"
+    )
     return med
 
 
@@ -331,7 +496,8 @@ def bench_memory(args):
 
 
 def bench_curve(args, device):
-    """Pretrain from the same init on the same batches with the fast and the plain path; MLM and NSP loss every 25 steps."""
+    """Pretrain from the same init on the same batches with the fast and the plain path; MLM and NSP loss every 25
+    steps."""
     autocast, _, precision = mixed_precision(device, args.fp32)
     vocab, inst = prepare(args)
     config = BertConfig.from_json_file(args.config, vocab_size=load_vocab(vocab).get_piece_size())
@@ -366,7 +532,8 @@ def bench_curve(args, device):
         print(f"curve {path}: {args.curve_steps} steps in {time.perf_counter() - t0:.0f} s")
     ours_model.FAST = not args.plain
     print(
-        f"curve: {args.config}, batch {args.batch}, {precision} on {device}, lr 5e-4 (20 warmup steps); mean loss per {every} steps"
+        f"curve: {args.config}, batch {args.batch}, {precision} on {device}, lr 5e-4 (20 warmup steps); "
+        f"mean loss per {every} steps"
     )
     print("| steps | MLM loss fast | MLM loss plain | NSP loss fast | NSP loss plain |")
     print("|---|---|---|---|---|")
@@ -376,17 +543,27 @@ def bench_curve(args, device):
 
 def main(argv=None):
     args = get_args(argv)
-    if args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.ft_batch < 1 or args.curve_steps < 1:
-        raise UserError("--steps, --batch, --ft_batch and --curve_steps must be at least 1 and --warmup at least 0")
+    if (
+        min(args.steps, args.batch, args.ft_batch, args.curve_steps, args.predict_reviews, args.rounds, args.hf_batch)
+        < 1
+    ):
+        raise UserError(
+            "--steps, --batch, --ft_batch, --curve_steps, --predict_reviews, --rounds and --hf_batch must be at least 1"
+        )
+    if args.warmup < 0:
+        raise UserError("--warmup must be at least 0")
     require_file(args.config, "pass --config config_half.json or config.json")
     device = get_device(args.gpu)
     setup(args, device)
+    print(describe_machine(device))
     if args.task in ("data", "all"):
         bench_data(args)
     if args.task in ("memory", "all"):
         bench_memory(args)
     if args.task in ("finetune", "all"):
         bench_finetune(args, device)
+    if args.task in ("predict", "all"):
+        bench_predict(args, device)
     if args.task == "curve":
         bench_curve(args, device)
     if args.task in ("pretrain", "all"):

@@ -32,9 +32,15 @@ def read_nsmc(path):
     return df["document"].tolist(), df["label"].astype(int).tolist()
 
 
-def encode_reviews(sp, reviews, n_seq):
-    """`[CLS] review [SEP]` ids, the review cut to fit n_seq."""
-    return [np.array([CLS_ID] + ids[: n_seq - 2] + [SEP_ID], dtype=np.int64) for ids in sp.encode(reviews)]
+def encode_reviews(sp, reviews, n_seq, chunk=10000):
+    """`[CLS] review [SEP]` ids (int32), the review cut to fit n_seq. Encoded `chunk` reviews at a time: the
+    Python lists sp.encode returns for all 150,000 training reviews at once took 100 MB more at the peak."""
+    out = []
+    for i in range(0, len(reviews), chunk):
+        out += [
+            np.array([CLS_ID, *ids[: n_seq - 2], SEP_ID], dtype=np.int32) for ids in sp.encode(reviews[i : i + chunk])
+        ]
+    return out
 
 
 def length_batches(lengths, batch, rng, pool=50):
@@ -50,15 +56,31 @@ def length_batches(lengths, batch, rng, pool=50):
     return [batches[k] for k in rng.permutation(len(batches))]
 
 
+def padded_length(longest, n_seq=None):
+    """collate_reviews' padded length for a batch whose longest review has `longest` tokens."""
+    return min(-(-longest // 16) * 16, max(longest, n_seq)) if n_seq else longest
+
+
+def token_split(idx, lengths, max_tokens, n_seq=None):
+    """Cut one batch (review indices) into as few equal parts as keep each under max_tokens padded tokens.
+
+    The gradients of the parts add up to the batch's (the loss is a sum over reviews), so a step is the same
+    step, but the activations held for the backward pass follow max_tokens, not the longest batch: a batch of
+    128 reviews of 128 tokens held 1.2 GB of them. 0 or None: one part."""
+    if not max_tokens:
+        return [idx]
+    T = padded_length(int(max(lengths[i] for i in idx)), n_seq)
+    parts = min(len(idx), -(-len(idx) * T // max_tokens))
+    return [list(p) for p in np.array_split(np.asarray(idx), parts)]
+
+
 def collate_reviews(ids, labels=None, n_seq=None):
     """A batch padded to its longest review (pad id 0), rounded up to a multiple of 16 within n_seq; labels 0
     when not given.
 
     The rounding keeps the number of distinct batch shapes small: the CPU's bf16 kernels are built and
     cached per shape, and a shape per length grew a fine-tuning run's memory from 0.75 to 2+ GB."""
-    T = max(len(x) for x in ids)
-    if n_seq:
-        T = min(-(-T // 16) * 16, max(T, n_seq))
+    T = padded_length(max(len(x) for x in ids), n_seq)
     input_ids = torch.zeros(len(ids), T, dtype=torch.long)
     for i, x in enumerate(ids):
         input_ids[i, : len(x)] = torch.from_numpy(x)

@@ -2,22 +2,33 @@
 
     python predict.py "이 영화 정말 재밌어요"
     python predict.py "최악이다" "배우 연기가 좋았다" --save save_best.pth --vocab kowiki.model
-    python predict.py --input reviews.txt          # one review per line
+    python predict.py --input reviews.txt          # one review per line, any number of lines
+    python predict.py --input reviews.txt --gpu 0  # on a GPU
 
-Prints one line per review: label (positive/negative), its probability, and the review.
+Prints one line per review, in the input's order: label (positive/negative), its probability, and the review.
+--input is read as a stream, --window reviews at a time, and each window's lines are printed as soon as
+they are classified, so a file of millions of lines runs in constant memory. Within a window the reviews
+are sorted by length and cut into batches of about --batch_tokens padded tokens, so a batch pads little;
+bf16 where the hardware does it natively (AMX / AVX512_BF16 CPUs, GPUs), fp32 elsewhere or with --fp32.
 """
 
 import argparse
+import itertools
+import os
+import sys
 
+import numpy as np
 import torch
 
 from checkpoint import load_checkpoint
 from errors import UserError, main_guard, require_file
 from model import BertConfig, BertForSequenceClassification
 from nsmc import collate_reviews, encode_reviews
+from training import get_device, mixed_precision
 from vocab import load_vocab
 
 LABELS = ("negative", "positive")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # mixed_precision's names
 
 
 def load_classifier(path, vocab_path):
@@ -25,30 +36,75 @@ def load_classifier(path, vocab_path):
     state = load_checkpoint(path, "run `python train.py` to make it")
     if "classifier.weight" not in state["model"]:
         raise UserError(
-            f"{path} has no classifier: it is a pretraining checkpoint; fine-tune it with `python train.py --pretrain {path}`"
+            f"{path} has no classifier: it is a pretraining checkpoint; "
+            f"fine-tune it with `python train.py --pretrain {path}`"
         )
     sp = load_vocab(vocab_path)
     config = BertConfig.from_dict(state["config"])
     if config.vocab_size != sp.get_piece_size():
         raise UserError(
-            f"{path} was trained with a vocabulary of {config.vocab_size} pieces but {vocab_path} has {sp.get_piece_size()}; pass the --vocab it was trained with"
+            f"{path} was trained with a vocabulary of {config.vocab_size} pieces but {vocab_path} has "
+            f"{sp.get_piece_size()}; pass the --vocab it was trained with"
         )
     model = BertForSequenceClassification(config)
     model.load_state_dict(state["model"])
     return model.eval(), sp, state.get("n_seq", config.max_position_embeddings)
 
 
-@torch.no_grad()
-def predict(model, sp, reviews, n_seq, batch=256):
+def windows(items, size):
+    """Lists of up to `size` consecutive items of any iterable, read as they are needed."""
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def token_batches(lengths, batch_tokens):
+    """Index arrays of batches of about batch_tokens padded tokens: longest reviews first, each batch of similar
+    lengths (the padded length is collate_reviews', a multiple of 16). At least one review per batch."""
+    order = np.argsort(-lengths, kind="stable")
+    i = 0
+    while i < len(order):
+        T = -(-int(lengths[order[i]]) // 16) * 16
+        n = max(1, batch_tokens // T)
+        yield order[i : i + n]
+        i += n
+
+
+@torch.inference_mode()
+def predict_stream(model, sp, reviews, n_seq, batch_tokens=2048, window=4096):
+    """Yield (label index, probability of that label) for each review of the iterable `reviews`, in its order,
+    computed in the model's own dtype on its device.
+
+    Reads `window` reviews at a time and yields their results before reading more, so memory does not grow
+    with the input; sorting within the window lets each batch pad to about its own reviews' length."""
+    device = next(model.parameters()).device
+    for chunk in windows(reviews, window):
+        ids = encode_reviews(sp, chunk, n_seq)
+        labels, probs = np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids))
+        for idx in token_batches(np.array([len(x) for x in ids]), batch_tokens):
+            b = collate_reviews([ids[i] for i in idx], n_seq=n_seq)
+            logits = model(b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device))
+            p, label = logits.float().softmax(-1).max(-1)
+            labels[idx], probs[idx] = label.cpu().numpy(), p.cpu().numpy()
+        yield from zip(labels.tolist(), probs.tolist())
+
+
+def predict(model, sp, reviews, n_seq, **kw):
     """-> list of (label index, probability of that label) for each review."""
-    out = []
-    ids = encode_reviews(sp, reviews, n_seq)
-    for i in range(0, len(ids), batch):
-        b = collate_reviews(ids[i : i + batch], n_seq=n_seq)
-        probs = model(b["input_ids"], attention_mask=b["attention_mask"]).float().softmax(-1)
-        p, label = probs.max(-1)
-        out += list(zip(label.tolist(), p.tolist()))
-    return out
+    return list(predict_stream(model, sp, reviews, n_seq, **kw))
+
+
+def read_lines(path):
+    """The lines of a file without their newlines, one at a time."""
+    with open(path, encoding="utf-8") as f:
+        n = 0
+        try:
+            for n, line in enumerate(f, 1):
+                yield line.rstrip("\n")
+        except UnicodeDecodeError:
+            raise UserError(
+                f"{path} is not a UTF-8 text file of reviews, one a line (line {n + 1} is not UTF-8)"
+            ) from None
 
 
 def main(argv=None):
@@ -57,21 +113,38 @@ def main(argv=None):
     p.add_argument("--input", default=None, help="a file with one review per line")
     p.add_argument("--save", default="save_best.pth", help="checkpoint from train.py")
     p.add_argument("--vocab", default="kowiki.model", help="the SentencePiece model it was trained with")
+    p.add_argument(
+        "--batch_tokens",
+        type=int,
+        default=None,
+        help="padded tokens per batch (default: 2048 on a CPU, 32768 on a GPU)",
+    )
+    p.add_argument("--window", type=int, default=4096, help="reviews read, sorted by length and printed at a time")
+    p.add_argument("--gpu", type=int, default=None, help="CUDA device index; CPU when left out")
+    p.add_argument("--fp32", action="store_true", help="fp32 even where the hardware has bf16")
     args = p.parse_args(argv)
-    reviews = list(args.text)
+    if (args.batch_tokens is not None and args.batch_tokens < 1) or args.window < 1:
+        raise UserError("--batch_tokens and --window must be at least 1")
     if args.input:
-        try:
-            with open(require_file(args.input), encoding="utf-8") as f:
-                reviews += [line.rstrip("\n") for line in f]
-        except (UnicodeDecodeError, IsADirectoryError) as e:
-            raise UserError(
-                f"{args.input} is not a UTF-8 text file of reviews, one a line ({type(e).__name__})"
-            ) from None
-    if not reviews:
+        require_file(args.input)
+        if os.path.isdir(args.input):
+            raise UserError(f"{args.input} is a directory, not a text file of reviews, one a line")
+    if not args.text and (not args.input or os.path.getsize(args.input) == 0):
         raise UserError('nothing to classify: pass reviews as arguments (python predict.py "재밌어요") or --input FILE')
+    device = get_device(args.gpu)
     model, sp, n_seq = load_classifier(args.save, args.vocab)
-    for text, (label, prob) in zip(reviews, predict(model, sp, reviews, n_seq)):
-        print(f"{LABELS[label]}\t{prob:.4f}\t{text}")
+    # weights in bf16 outright rather than autocast: in inference nothing needs fp32 master weights, and autocast
+    # would cast every weight at every batch (a quarter of the CPU time)
+    model.to(device, DTYPES[mixed_precision(device, args.fp32)[2]])
+    # small batches win on a CPU (they stay in cache); a GPU wants many tokens at once
+    batch_tokens = args.batch_tokens or (2048 if device.type == "cpu" else 32768)
+    # the texts twice, lazily: one stream feeds the model, the other the printing; tee holds only the window between
+    reviews, texts = itertools.tee(itertools.chain(args.text, read_lines(args.input) if args.input else ()))
+    results = predict_stream(model, sp, reviews, n_seq, batch_tokens, args.window)
+    for n, (text, (label, prob)) in enumerate(zip(texts, results), 1):
+        sys.stdout.write(f"{LABELS[label]}\t{prob:.4f}\t{text}\n")
+        if n % args.window == 0:
+            sys.stdout.flush()  # a window at a time, so a reader of a pipe sees results as they come
 
 
 if __name__ == "__main__":

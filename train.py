@@ -37,7 +37,7 @@ from checkpoint import (
 )
 from errors import UserError, main_guard, require_file
 from model import BertConfig, BertForSequenceClassification, configure_optimizer, count_parameters
-from nsmc import collate_reviews, encode_reviews, length_batches, read_nsmc
+from nsmc import collate_reviews, encode_reviews, length_batches, read_nsmc, token_split
 from training import (
     StopSignal,
     all_sum,
@@ -49,6 +49,7 @@ from training import (
     optimizer_step,
     plot_csv,
     rank0_only,
+    release_free_memory,
     set_rng_state,
     set_seed,
     setup_distributed,
@@ -74,6 +75,12 @@ def get_args(argv=None):
         type=int,
         default=1,
         help="micro-batches per optimizer step (effective batch: batch x grad_accum x processes)",
+    )
+    p.add_argument(
+        "--batch_tokens",
+        type=int,
+        default=4096,
+        help="a micro-batch of more padded tokens is cut into parts (same step, less memory; 0: never)",
     )
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--warmup", type=float, default=0.1, help="warmup steps, as a fraction of all steps")
@@ -109,14 +116,20 @@ def get_args(argv=None):
 
 
 @torch.no_grad()
-def evaluate(model, ids, labels, batch, n_seq, device, autocast, rank=0, world=1):
+def evaluate(model, ids, labels, batch, n_seq, device, autocast, rank=0, world=1, batch_tokens=8192):
     """-> (mean loss, accuracy). Reviews are sorted by length so each batch pads little; process r takes every
-    world-th batch."""
+    world-th batch; a batch of more than batch_tokens padded tokens is cut into parts (less memory, same sums)."""
     model.eval()
-    order = np.argsort([len(x) for x in ids], kind="stable")
+    release_free_memory()  # before and after: training's freed pages, then evaluation's
+    lengths = np.array([len(x) for x in ids])
+    order = np.argsort(lengths, kind="stable")
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, correct
-    for i in range(rank * batch, len(order), batch * world):
-        idx = order[i : i + batch]
+    parts = (
+        p
+        for i in range(rank * batch, len(order), batch * world)
+        for p in token_split(order[i : i + batch], lengths, batch_tokens, n_seq)
+    )
+    for idx in parts:
         b = {
             k: v.to(device) for k, v in collate_reviews([ids[j] for j in idx], [labels[j] for j in idx], n_seq).items()
         }
@@ -126,13 +139,16 @@ def evaluate(model, ids, labels, batch, n_seq, device, autocast, rank=0, world=1
             [F.cross_entropy(logits, b["labels"], reduction="sum"), (logits.argmax(-1) == b["labels"]).sum()]
         ).double()
     loss, correct = all_sum(sums, world).tolist()
+    release_free_memory()
     model.train()
     return loss / len(ids), correct / len(ids)
 
 
 def check_args(args):
-    if args.epoch < 1 or args.batch < 1 or args.grad_accum < 1 or not 0 <= args.valid < 1:
-        raise UserError("--epoch, --batch and --grad_accum must be at least 1 and --valid in [0, 1)")
+    if args.epoch < 1 or args.batch < 1 or args.grad_accum < 1 or not 0 <= args.valid < 1 or args.batch_tokens < 0:
+        raise UserError(
+            "--epoch, --batch and --grad_accum must be at least 1, --batch_tokens at least 0 and --valid in [0, 1)"
+        )
     require_file(args.config, "pass --config config_half.json or config.json")
 
 
@@ -300,9 +316,10 @@ def main(argv=None):
             bar = tqdm(batches[epoch_step:], desc=f"epoch {epoch + 1}/{args.epoch}", total=len(batches),
                        initial=epoch_step, disable=not master)
             for gb in bar:
-                micro = [
-                    collate_reviews([train_ids[i] for i in mb], [train_labels[i] for i in mb], args.n_seq)
+                micro = [  # this process's micro-batches, a long one cut in parts of at most --batch_tokens
+                    collate_reviews([train_ids[i] for i in part], [train_labels[i] for i in part], args.n_seq)
                     for mb in split_step(gb, rank, world, args.grad_accum)
+                    for part in token_split(mb, lengths, args.batch_tokens, args.n_seq)
                 ]
                 # the step's review count over all processes normalizes the loss; the stop flag rides along
                 counts = torch.tensor([sum(len(b["labels"]) for b in micro), stop.signum], dtype=torch.float64,

@@ -38,3 +38,38 @@ def test_collate_pads_to_a_multiple_of_16_within_n_seq():
     assert b["labels"].tolist() == [1, 0]
     assert collate_reviews([np.arange(5, 55)], n_seq=60)["input_ids"].shape == (1, 60)  # capped at n_seq
     assert collate_reviews([np.arange(5, 25)])["input_ids"].shape == (1, 20)  # no n_seq: the longest review
+
+
+def test_token_split_keeps_the_step_and_bounds_the_tokens():
+    import torch
+    import torch.nn.functional as F
+
+    from model import BertConfig, BertForSequenceClassification
+    from nsmc import token_split
+
+    rng = np.random.default_rng(0)
+    ids = [np.array([5, *rng.integers(7, 301, n), 4]) for n in rng.integers(20, 60, size=24)]
+    lengths = np.array([len(x) for x in ids])
+    batch = list(range(24))
+    parts = token_split(batch, lengths, 256, n_seq=64)
+    assert [i for p in parts for i in p] == batch and len(parts) > 1
+    assert all(len(p) * collate_reviews([ids[i] for i in p], n_seq=64)["input_ids"].size(1) <= 256 for p in parts)
+    assert token_split(batch, lengths, 0) == [batch] and token_split(batch, lengths, 10**6) == [batch]
+    assert len(token_split([0], lengths, 1)) == 1  # one review is never cut
+    # the gradients of the parts add up to the whole batch's
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=301, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)  # fmt: skip
+    net = BertForSequenceClassification(config).train()
+    labels = rng.integers(0, 2, size=24).tolist()
+    grads = []
+    for split in ([batch], parts):
+        net.zero_grad()
+        for p in split:
+            b = collate_reviews([ids[i] for i in p], [labels[i] for i in p], n_seq=64)
+            logits = net(b["input_ids"], attention_mask=b["attention_mask"])
+            (F.cross_entropy(logits, b["labels"], reduction="sum") / 24).backward()
+        grads.append([q.grad.clone() for q in net.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

@@ -65,7 +65,8 @@ def test_dropout_gradient_and_eval():
 
 
 def test_fast_training_path_is_the_plain_math(monkeypatch):
-    """Training mode without dropout randomness: fused QKV + manual attention (with padding) == the plain path, outputs and grads."""
+    """Training mode without dropout randomness: fused QKV + manual attention (with padding) == the plain path,
+    outputs and grads."""
     torch.manual_seed(0)
     config = BertConfig(**CFG)  # attention dropout 0.1, so the manual attention path is taken
     net = BertForPreTraining(config)
@@ -150,8 +151,64 @@ def test_bench_runs(tmp_path, capsys):
             str(tmp_path / "w"),
         ]
     )
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("speedup vs transformers: ") and "tok/s" in last
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("machine: ") and "matrix ISA" in out[0]
+    assert any(line.startswith("pretrain         ours:") and "MFU" in line for line in out)
+    assert out[-1].startswith("speedup vs transformers: ") and "tok/s" in out[-1]
+    bench.main(
+        [
+            "--task",
+            "predict",
+            "--config",
+            str(cfg),
+            "--predict_reviews",
+            "40",
+            "--rounds",
+            "1",
+            "--work",
+            str(tmp_path / "w"),
+        ]
+    )
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("predict: ours ") and "x before" in out[-1] and "x transformers" in out[-1]
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA GPU"):
             bench.main(["--gpu", "0", "--config", str(cfg)])
+
+
+def test_device_type_picks_the_path():
+    """CUDA training takes SDPA with dropout_p and F.dropout; CPU training our manual attention and cheap masks;
+    eval mode the plain path everywhere."""
+    assert model.attention_kind("cuda", True) == "sdpa" and not model.cheap_dropout("cuda")
+    assert model.attention_kind("cpu", True) == "manual" and model.cheap_dropout("cpu")
+    assert model.attention_kind("cuda", False) == model.attention_kind("cpu", False) == "plain"
+    assert model.configure_optimizer(torch.nn.Linear(2, 2), 1e-3, device_type="cuda").defaults["fused"]
+
+
+def test_forward_dispatches_on_the_tensors_device(monkeypatch):
+    seen = []
+    real = model.attention_kind
+    monkeypatch.setattr(model, "attention_kind", lambda d, t: seen.append((d, t)) or real(d, t))
+    net = BertForPreTraining(BertConfig(**CFG))
+    ids, types, mask = batch()
+    net.train()(ids, types, mask)
+    net.eval()(ids, types, mask)
+    assert set(seen) == {("cpu", True), ("cpu", False)} and len(seen) == 2 * CFG["num_hidden_layers"]
+
+
+def test_cuda_training_path_is_the_plain_math(monkeypatch):
+    """The branch CUDA training takes (fused QKV, SDPA with dropout_p), run on the CPU with dropout 0."""
+    torch.manual_seed(0)
+    net = BertForPreTraining(BertConfig(**CFG, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    ids, types, mask = batch()
+    plain = net.eval()(ids, types, mask)
+    monkeypatch.setattr(model, "attention_kind", lambda d, t: "sdpa" if t else "plain")
+    taken = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(
+        model.F, "scaled_dot_product_attention", lambda *a, **k: taken.append(k["dropout_p"]) or real_sdpa(*a, **k)
+    )
+    fast = net.train()(ids, types, mask)
+    assert taken == [0.0] * CFG["num_hidden_layers"]
+    for a, b in zip(fast, plain):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,130 @@
+"""predict.py: the length-sorted, streamed, token-batched path gives the plain path's labels in the input's order;
+bf16 only on CPUs that have it in hardware."""
+
+import itertools
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import predict
+import training
+from checkpoint import save_checkpoint
+from model import BertConfig, BertForSequenceClassification
+from nsmc import read_nsmc
+from vocab import CLS_ID, SEP_ID
+
+SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "sample")
+CFG = {
+    "vocab_size": 1007,
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "max_position_embeddings": 64,
+    "initializer_range": 0.2,  # large random weights: labels vary from review to review
+}
+AVX2_ONLY = {"fpu", "sse4_2", "avx", "avx2", "fma", "f16c"}  # a Zen 3: no AVX-512, no AMX
+AMX = AVX2_ONLY | {"avx512f", "avx512bw", "avx512_bf16", "amx_tile", "amx_bf16"}
+
+
+@pytest.fixture(scope="module")
+def reviews():
+    return read_nsmc(os.path.join(SAMPLE, "ratings_test.txt"))[0][:300]
+
+
+@pytest.fixture(scope="module")
+def classifier(sample_spm, reviews):
+    """Random weights, the classifier's bias set so that about half the reviews come out positive."""
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(**CFG)).eval()
+    with torch.no_grad():
+        x = [torch.tensor([CLS_ID] + ids[:46] + [SEP_ID]) for ids in predict.load_vocab(sample_spm).encode(reviews)]
+        logits = torch.cat([model(t[None]) for t in x])
+        model.classifier.bias[1] -= (logits[:, 1] - logits[:, 0]).median()
+    return model
+
+
+def one_at_a_time(model, sp, reviews, n_seq):
+    """The plain path: each review alone, unpadded, in the input's order."""
+    out = []
+    with torch.no_grad():
+        for ids in sp.encode(reviews):
+            x = torch.tensor([[CLS_ID] + ids[: n_seq - 2] + [SEP_ID]])
+            p, label = model(x, attention_mask=torch.ones_like(x)).softmax(-1).max(-1)
+            out.append((label.item(), p.item()))
+    return out
+
+
+def test_sorted_batches_give_the_plain_labels_in_input_order(classifier, sample_spm, reviews):
+    sp = predict.load_vocab(sample_spm)
+    plain = one_at_a_time(classifier, sp, reviews, 48)
+    labels = [label for label, _ in plain]
+    assert 0.1 < np.mean(labels) < 0.9, "the test needs both labels"
+    for window, batch_tokens, n in ((1000, 2048, 300), (37, 160, 300), (1, 16, 30)):
+        fast = predict.predict(classifier, sp, reviews[:n], 48, batch_tokens=batch_tokens, window=window)
+        assert [label for label, _ in fast] == labels[:n], (window, batch_tokens)
+        np.testing.assert_allclose([p for _, p in fast], [p for _, p in plain[:n]], atol=1e-5)
+
+
+def test_token_batches_cover_every_review_once_within_the_budget():
+    lengths = np.random.default_rng(0).integers(3, 129, size=3000)
+    batches = list(predict.token_batches(lengths, 2048))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(3000))
+    for b in batches:
+        T = -(-lengths[b].max() // 16) * 16
+        assert len(b) * T <= 2048 and lengths[b].max() - lengths[b].min() <= 16
+    assert [len(b) for b in predict.token_batches(np.array([200, 5]), 16)] == [1, 1]  # at least one review
+
+
+def test_stream_reads_lazily(classifier, sample_spm, reviews):
+    """The first results come after one window is read, not the whole input: constant memory for any length."""
+    sp = predict.load_vocab(sample_spm)
+    taken = 0
+
+    def endless():
+        nonlocal taken
+        for r in itertools.cycle(reviews):
+            taken += 1
+            yield r
+
+    stream = predict.predict_stream(classifier, sp, endless(), 48, window=50)
+    first = list(itertools.islice(stream, 120))
+    assert len(first) == 120 and taken <= 150  # three windows read for 120 results
+    assert [label for label, _ in first] == [label for label, _ in predict.predict(classifier, sp, reviews[:120], 48)]
+
+
+def test_main_streams_a_file_in_order(classifier, sample_spm, reviews, tmp_path, capsys, monkeypatch):
+    save = tmp_path / "c.pth"
+    save_checkpoint(str(save), {"model": classifier.state_dict(), "config": classifier.config.to_dict(), "n_seq": 48})
+    f = tmp_path / "r.txt"
+    f.write_text("\n".join(reviews) + "\n", encoding="utf-8")
+    monkeypatch.setattr(training, "cpu_flags", lambda: AVX2_ONLY)  # fp32, so labels match the plain path exactly
+    predict.main(["--save", str(save), "--vocab", sample_spm, "--input", str(f), "--window", "64", "첫 리뷰"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t", 2)[2] for line in lines] == ["첫 리뷰", *reviews]
+    plain = one_at_a_time(classifier, predict.load_vocab(sample_spm), ["첫 리뷰", *reviews], 48)
+    assert [line.split("\t")[0] for line in lines] == [predict.LABELS[label] for label, _ in plain]
+
+
+def test_bf16_only_where_the_cpu_has_it(monkeypatch, tmp_path):
+    cpu = torch.device("cpu")
+    assert not training.cpu_has_bf16(AVX2_ONLY)
+    assert not training.cpu_has_bf16(AVX2_ONLY | {"avx512f", "avx512bw"})  # AVX-512 without BF16: emulated too
+    monkeypatch.setattr(training, "cpu_flags", lambda: AVX2_ONLY)
+    assert training.mixed_precision(cpu)[2] == "fp32"
+    assert predict.DTYPES[training.mixed_precision(cpu)[2]] == torch.float32
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # oneDNN says yes on this machine, the flags still say no
+        assert training.cpu_has_bf16(AMX)
+        monkeypatch.setattr(training, "cpu_flags", lambda: AMX)
+        assert training.mixed_precision(cpu)[2] == "bf16"
+        assert training.mixed_precision(cpu, fp32=True)[2] == "fp32"
+    monkeypatch.undo()
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu avx avx2 fma\n\n")
+    assert training.cpu_flags(str(info)) == {"fpu", "avx", "avx2", "fma"}
+    assert training.cpu_model(str(info)) == "AMD EPYC 7B13"
+    assert training.matrix_isa({"avx2"}) == "AVX2" and training.matrix_isa(AMX) == "AMX"
+    assert training.matrix_isa(AVX2_ONLY | {"avx512f"}) == "AVX-512"
+    assert training.cpu_flags(str(tmp_path / "missing")) == set() and not training.cpu_has_bf16(set())
