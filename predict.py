@@ -13,6 +13,7 @@ bf16 where the hardware does it natively (AMX / AVX512_BF16 CPUs, GPUs), fp32 el
 """
 
 import argparse
+import codecs
 import itertools
 import os
 import sys
@@ -96,15 +97,12 @@ def predict(model, sp, reviews, n_seq, **kw):
 
 def read_lines(path):
     """The lines of a file without their newlines, one at a time."""
-    with open(path, encoding="utf-8") as f:
-        n = 0
-        try:
-            for n, line in enumerate(f, 1):
-                yield line.rstrip("\n")
-        except UnicodeDecodeError:
-            raise UserError(
-                f"{path} is not a UTF-8 text file of reviews, one a line (line {n + 1} is not UTF-8)"
-            ) from None
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                yield line.rstrip(b"\n").rstrip(b"\r").decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{path} is not a UTF-8 text file of reviews, one a line (line {n} is not)") from None
 
 
 def main(argv=None):
@@ -129,6 +127,11 @@ def main(argv=None):
         require_file(args.input)
         if os.path.isdir(args.input):
             raise UserError(f"{args.input} is a directory, not a text file of reviews, one a line")
+        with open(args.input, "rb") as f:  # a file of another encoding fails here, before the model loads
+            try:
+                codecs.getincrementaldecoder("utf-8")().decode(f.read(1 << 16), final=False)
+            except UnicodeDecodeError:
+                raise UserError(f"{args.input} is not a UTF-8 text file of reviews, one a line") from None
     if not args.text and (not args.input or os.path.getsize(args.input) == 0):
         raise UserError('nothing to classify: pass reviews as arguments (python predict.py "재밌어요") or --input FILE')
     device = get_device(args.gpu)

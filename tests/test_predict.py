@@ -11,6 +11,7 @@ import torch
 import predict
 import training
 from checkpoint import save_checkpoint
+from errors import UserError
 from model import BertConfig, BertForSequenceClassification
 from nsmc import read_nsmc
 from vocab import CLS_ID, SEP_ID
@@ -128,3 +129,12 @@ def test_bf16_only_where_the_cpu_has_it(monkeypatch, tmp_path):
     assert training.matrix_isa({"avx2"}) == "AVX2" and training.matrix_isa(AMX) == "AMX"
     assert training.matrix_isa(AVX2_ONLY | {"avx512f"}) == "AVX-512"
     assert training.cpu_flags(str(tmp_path / "missing")) == set() and not training.cpu_has_bf16(set())
+
+
+def test_a_line_of_another_encoding_deep_in_the_input_is_one_line(tmp_path):
+    """The first 64 KB are checked before the model loads; a bad line after that stops the stream with its number."""
+    path = tmp_path / "late.txt"
+    path.write_bytes("좋다\n".encode() * 30000 + "별로\n".encode("euc-kr"))
+    with pytest.raises(UserError, match=r"late\.txt is not a UTF-8 text file of reviews, one a line \(line 30001 "):
+        for _ in predict.read_lines(str(path)):
+            pass
