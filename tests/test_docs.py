@@ -17,9 +17,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
 
 # Run as bash, but with python, torchrun and bash recording their arguments (one NUL-separated line each) instead
-# of running: variables, `P="python pretrain.py ..."; $P --input ...` and eval expand as they would for a user.
+# of running: variables, `P="python pretrain.py ..."; $P --input ...` and eval expand as they would for a user, and
+# each prints 1, so that `S=$(python -c ...)` gives a number to the flags that take one.
 RECORDER = r"""
-record() { printf '%s\0' "$@" >> "$COMMANDS"; printf '\n' >> "$COMMANDS"; }
+record() { printf '%s\0' "$@" >> "$COMMANDS"; printf '\n' >> "$COMMANDS"; echo 1; }
 python() { record python "$@"; }
 python3() { record python "$@"; }
 torchrun() { record torchrun "$@"; }
@@ -43,16 +44,16 @@ def shell_blocks(path):
     return blocks
 
 
-def recorded_commands(block, tmp_path):
-    """The argv of each python / torchrun / bash command the block runs (in an empty folder, so nothing it writes
-    lands in the repository)."""
+def recorded_commands(script, tmp_path):
+    """The argv of each python / torchrun / bash command a shell script runs (in an empty folder, so nothing it
+    writes lands in the repository)."""
     log = tmp_path / "commands"
     log.write_bytes(b"")
-    script = tmp_path / "block.sh"
-    script.write_text(RECORDER + block + "\nwait\n", encoding="utf-8")
+    path = tmp_path / "block.sh"
+    path.write_text(RECORDER + script + "\nwait\n", encoding="utf-8")
     cwd = tmp_path / "cwd"
     cwd.mkdir(exist_ok=True)
-    subprocess.run(["bash", str(script)], check=False, cwd=cwd, env={**os.environ, "COMMANDS": str(log)},
+    subprocess.run(["bash", str(path)], check=False, cwd=cwd, env={**os.environ, "COMMANDS": str(log)},
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
     return [line.rstrip(b"\0").decode().split("\0") for line in log.read_bytes().split(b"\0\n") if line]
 
@@ -77,11 +78,16 @@ def check_parses(script, argv, monkeypatch):
 
 
 def all_commands(tmp_path):
+    """(file:line of the block, argv) of every command. A page's blocks run in one shell, top to bottom, as a reader
+    runs them: a variable set in one block is there in the next."""
     commands = []
     for path in DOCS:
-        for line, block in shell_blocks(path):
-            for argv in recorded_commands(block, tmp_path):
-                commands.append((f"{os.path.relpath(path, ROOT)}:{line}", argv))
+        script = "".join(f"record '#block' {line}\n{block}\n" for line, block in shell_blocks(path))
+        for argv in recorded_commands(script, tmp_path):
+            if argv[0] == "#block":
+                where = f"{os.path.relpath(path, ROOT)}:{argv[1]}"
+            else:
+                commands.append((where, argv))
     return commands
 
 
@@ -94,8 +100,8 @@ def test_every_documented_command_parses(tmp_path, monkeypatch, capsys):
         if argv[0] == "bash":
             assert os.path.exists(os.path.join(ROOT, argv[1])), f"{where}: {' '.join(argv)}: no such script"
             continue
-        if argv[0] == "python" and argv[1] == "-m":
-            continue  # python -m pytest
+        if argv[0] == "python" and argv[1] in ("-m", "-c"):
+            continue  # python -m pytest, python -c "..."
         script = next((a for a in argv if a.endswith(".py")), None)
         assert script and os.path.exists(os.path.join(ROOT, script)), f"{where}: {' '.join(argv)}: no such script"
         try:
