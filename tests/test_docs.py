@@ -16,11 +16,11 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
 
-# Run as bash, but with python, torchrun and bash recording their arguments (one NUL-separated line each) instead
+# Run as bash, but with python, torchrun and bash recording their arguments (one \x1f-separated line each) instead
 # of running: variables, `P="python pretrain.py ..."; $P --input ...` and eval expand as they would for a user, and
 # each prints 1, so that `S=$(python -c ...)` gives a number to the flags that take one.
 RECORDER = r"""
-record() { printf '%s\0' "$@" >> "$COMMANDS"; printf '\n' >> "$COMMANDS"; echo 1; }
+record() { local IFS=$'\x1f'; printf '%s\n' "$*" >> "$COMMANDS"; echo 1; }  # one write: jobs run with & too
 python() { record python "$@"; }
 python3() { record python "$@"; }
 torchrun() { record torchrun "$@"; }
@@ -55,7 +55,7 @@ def recorded_commands(script, tmp_path):
     cwd.mkdir(exist_ok=True)
     subprocess.run(["bash", str(path)], check=False, cwd=cwd, env={**os.environ, "COMMANDS": str(log)},
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
-    return [line.rstrip(b"\0").decode().split("\0") for line in log.read_bytes().split(b"\0\n") if line]
+    return [line.split("\x1f") for line in log.read_text(encoding="utf-8").splitlines() if line]
 
 
 class Parsed(Exception):
