@@ -81,7 +81,7 @@ def test_a_second_gpu_results_on_one_run_is_refused(tmp_path):
         p = subprocess.run(
             ["bash", "gpu_results.sh"],
             cwd=ROOT,
-            # data that is not there: were the lock not taken, the script would stop at once, not read ../shared
+            # data that is not there: were the lock not taken, the script would stop at once on the missing files
             env={**os.environ, "RUN": str(run), "GPU": "", "WIKI": str(tmp_path / "none"), "N": str(tmp_path / "none")},
             capture_output=True,
             text=True,
