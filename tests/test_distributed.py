@@ -2,8 +2,6 @@
 and --grad_accum 2) step for step, in pretraining and fine-tuning; a SIGKILL or SIGTERM to the launcher leaves no
 worker behind and the run resumes bit-equal. Dropout is off: its masks differ per process."""
 
-import csv
-import json
 import os
 import re
 import signal
@@ -14,53 +12,15 @@ import time
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import write_instances
+from conftest import MICRO0, ROOT, assert_same_state, micro_setup, nsmc_head, read_log, torchrun, wait_for
 
 import pretrain
 import train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLE = os.path.join(ROOT, "data", "sample")
-MICRO0 = {
-    "hidden_size": 32,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "max_position_embeddings": 64,
-    "hidden_dropout_prob": 0.0,
-    "attention_probs_dropout_prob": 0.0,
-}
-
-pytestmark = pytest.mark.skipif(
-    not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo needed"
-)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def torchrun(script, args, n=2, ok=True, **env):
-    p = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n), script, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
-    )
-    assert (p.returncode == 0) == ok, p.stdout + p.stderr
-    return p.stdout
-
-
-def read_log(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
+pytestmark = [
+    pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 def assert_close_weights(a, b, atol=1e-5):
@@ -71,14 +31,7 @@ def assert_close_weights(a, b, atol=1e-5):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, sample_spm):
-    d = tmp_path_factory.mktemp("ddp")
-    (d / "micro0.json").write_text(json.dumps(MICRO0))
-    return {
-        "dir": d,
-        "config": str(d / "micro0.json"),
-        "vocab": sample_spm,
-        "instances": write_instances(d / "inst.json", 48),
-    }
+    return micro_setup(tmp_path_factory.mktemp("ddp"), sample_spm, MICRO0)
 
 
 def pretrain_args(s, name, *extra):
@@ -132,12 +85,6 @@ def test_pretrain_two_processes_killed_in_a_save_then_resumed_by_one(setup):
     assert state["step"] == state["epoch_step"] == 2 and len(state["rng"]) == 2
     pretrain.main(pretrain_args(setup, "half", "--batch", "8"))
     assert_close_weights(setup["dir"] / "half.pth", setup["dir"] / "one.pth")
-
-
-def nsmc_head(path, n):
-    with open(os.path.join(SAMPLE, "ratings_train.txt"), encoding="utf-8") as f:
-        path.write_text("".join(f.readline() for _ in range(n + 1)), encoding="utf-8")
-    return str(path)
 
 
 def test_fine_tuning_two_processes_match_one(setup):
@@ -213,23 +160,6 @@ def alive(pid):
     return stat is not None and stat[0] != "Z"  # a zombie is dead, waiting for its new parent to reap it
 
 
-def wait_for_checkpoint(path, proc, log, timeout=120):
-    t = time.time()
-    while not os.path.exists(path):
-        assert proc.poll() is None, log.read_text()
-        assert time.time() - t < timeout
-        time.sleep(0.05)
-
-
-def assert_same_weights(a, b):
-    a, b = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
-    assert a["step"] == b["step"]
-    for k, v in a["model"].items():
-        assert torch.equal(v, b["model"][k]), k
-    for i, st in a["optimizer"]["state"].items():
-        assert torch.equal(st["exp_avg_sq"], b["optimizer"]["state"][i]["exp_avg_sq"])
-
-
 @pytest.fixture(scope="module")
 def long_run(setup):
     """The uninterrupted 2-process run the killed ones must end equal to."""
@@ -244,7 +174,7 @@ def test_sigkill_to_the_launcher_leaves_no_worker_then_resume(setup, long_run):
     command then resumes from the last checkpoint."""
     save, log = setup["dir"] / "orphan.pth", setup["dir"] / "orphan.out"
     p = start_torchrun("pretrain.py", pretrain_args(setup, "orphan", *LONG), log)
-    wait_for_checkpoint(save, p, log)
+    wait_for(save, p, log=log)
     workers = workers_of(p.pid)
     assert len(workers) == 2
     os.killpg(p.pid, signal.SIGKILL)
@@ -262,7 +192,7 @@ def test_sigkill_to_the_launcher_leaves_no_worker_then_resume(setup, long_run):
     assert torch.load(save, weights_only=True)["step"] <= killed_at + 1, "the workers went on writing --save"
     out = torchrun("pretrain.py", pretrain_args(setup, "orphan", *LONG))
     assert f"resuming from {save}: " in out
-    assert_same_weights(save, long_run)
+    assert_same_state(save, long_run)
 
 
 def test_sigterm_to_the_launcher_saves_then_resume(setup, long_run):
@@ -270,7 +200,7 @@ def test_sigterm_to_the_launcher_saves_then_resume(setup, long_run):
     step, save and exit 143 with the `SIGTERM: saved` line, as when they get it directly; the same command resumes."""
     save, log = setup["dir"] / "term.pth", setup["dir"] / "term.out"
     p = start_torchrun("pretrain.py", pretrain_args(setup, "term", *LONG), log)
-    wait_for_checkpoint(save, p, log)
+    wait_for(save, p, log=log)
     workers = workers_of(p.pid)
     p.send_signal(signal.SIGTERM)
     p.wait(timeout=60)
@@ -283,4 +213,4 @@ def test_sigterm_to_the_launcher_saves_then_resume(setup, long_run):
     assert not any(alive(w) for w in workers)  # torchrun waited for them
     assert int(saved[0]) == torch.load(save, weights_only=True)["step"] < 48
     torchrun("pretrain.py", pretrain_args(setup, "term", *LONG))
-    assert_same_weights(save, long_run)
+    assert_same_state(save, long_run)

@@ -53,8 +53,15 @@ def recorded_commands(script, tmp_path):
     path.write_text(RECORDER + script + "\nwait\n", encoding="utf-8")
     cwd = tmp_path / "cwd"
     cwd.mkdir(exist_ok=True)
-    subprocess.run(["bash", str(path)], check=False, cwd=cwd, env={**os.environ, "COMMANDS": str(log)},
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    subprocess.run(
+        ["bash", str(path)],
+        check=False,
+        cwd=cwd,
+        env={**os.environ, "COMMANDS": str(log)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=60,
+    )
     return [line.split("\x1f") for line in log.read_text(encoding="utf-8").splitlines() if line]
 
 
@@ -137,8 +144,14 @@ def test_readme_quickstart_is_what_quickstart_sh_runs_and_it_runs(tmp_path):
     # the stages as the README shows them, on the bundled sample; the environment is already set up here
     out = tmp_path / "quickstart"
     env = {**os.environ, "SKIP_SETUP": "1", "PYTHON": sys.executable}
-    r = subprocess.run(["bash", os.path.join(ROOT, "quickstart.sh"), str(out)], check=False, capture_output=True,
-                       text=True, env=env, timeout=1800)
+    r = subprocess.run(
+        ["bash", os.path.join(ROOT, "quickstart.sh"), str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     accuracy = float(re.search(r"test accuracy (\d\.\d+)", r.stdout).group(1))
     assert accuracy > 0.7, r.stdout  # a 2-layer model from one epoch of pretraining on 3 MB gets about 0.78-0.80

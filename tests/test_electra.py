@@ -5,7 +5,6 @@ train.py / export.py reading the discriminator's encoder.
 python -m pytest tests/test_electra.py
 """
 
-import csv
 import json
 import os
 import signal
@@ -15,7 +14,7 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import write_instances
+from conftest import CFG, MICRO0, ROOT, assert_same_state, micro_setup, nsmc_head, read_log, torchrun
 from torch import nn
 
 import export
@@ -26,33 +25,7 @@ from checkpoint import load_checkpoint
 from errors import UserError
 from model import BertConfig, ElectraForPreTraining, generator_config, replace_tokens, sample_tokens
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLE = os.path.join(ROOT, "data", "sample")
-CFG = {
-    "vocab_size": 301,
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 128,
-    "max_position_embeddings": 32,
-}
-MICRO = {
-    "hidden_size": 32,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "max_position_embeddings": 64,
-    "hidden_dropout_prob": 0.1,
-    "attention_probs_dropout_prob": 0.1,
-}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def batch(B=3, T=12, vocab=301, seed=0):
@@ -205,15 +178,7 @@ def test_few_steps_lower_the_loss():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, sample_spm):
-    d = tmp_path_factory.mktemp("electra")
-    (d / "micro.json").write_text(json.dumps(MICRO))
-    return {
-        "dir": d,
-        "config": str(d / "micro.json"),
-        "vocab": sample_spm,
-        "instances": write_instances(d / "inst.json", 48),
-        "held_out": write_instances(d / "held_out.json", 10, seed=1),
-    }
+    return micro_setup(tmp_path_factory.mktemp("electra"), sample_spm, held_out=True)
 
 
 def args_for(s, save, *extra):
@@ -245,11 +210,6 @@ def args_for(s, save, *extra):
     ]
 
 
-def read_log(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
 @pytest.fixture(scope="module")
 def reference(setup):
     save = setup["dir"] / "ref.pth"
@@ -270,15 +230,6 @@ def test_pretrain_logs_generator_and_discriminator(setup, reference):
     state = torch.load(reference, weights_only=True)
     assert state["objective"] == "electra" and state["gen_config"]["hidden_size"] == 8
     assert "generator_lm_head.weight" in state["model"] and not any(k.startswith("cls.") for k in state["model"])
-
-
-def assert_same_state(a, b):
-    a, b = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
-    assert a["step"] == b["step"]
-    for k, v in a["model"].items():
-        assert torch.equal(v, b["model"][k]), k
-    for i, st in a["optimizer"]["state"].items():
-        assert torch.equal(st["exp_avg_sq"], b["optimizer"]["state"][i]["exp_avg_sq"])
 
 
 def test_killed_mid_run_resumes_bit_equal(setup, reference, tmp_path):
@@ -336,12 +287,6 @@ def test_nan_loss_is_skipped(setup, tmp_path, monkeypatch, capsys):
     assert "step 3: NaN/inf loss, step skipped (1 in a row)" in capsys.readouterr().err
     state = torch.load(save, weights_only=True)
     assert state["step"] == 12 and all(torch.isfinite(v).all() for v in state["model"].values())
-
-
-def nsmc_head(path, n, name="ratings_train.txt"):
-    with open(os.path.join(SAMPLE, name), encoding="utf-8") as f:
-        path.write_text("".join(f.readline() for _ in range(n + 1)), encoding="utf-8")
-    return str(path)
 
 
 def test_train_py_fine_tunes_the_discriminator(setup, reference, tmp_path, capsys):
@@ -403,7 +348,7 @@ def test_two_processes_match_one(setup):
     """torchrun, 2 CPU processes (gloo) with batch 2 against 1 with batch 4, dropout off. The generator's samples
     differ per process, so only the generator can be compared: --disc_weight 0 leaves it alone to train."""
     d = setup["dir"]
-    (d / "micro0.json").write_text(json.dumps({**MICRO, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0}))
+    (d / "micro0.json").write_text(json.dumps(MICRO0))
 
     def args(name, b):
         return [
@@ -412,18 +357,8 @@ def test_two_processes_match_one(setup):
             b,
         ]
 
-    p = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "pretrain.py"]
-        + args("two", "2"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert "effective batch 4 (2 x 1 micro-batches x 2 processes)" in p.stdout
+    out = torchrun("pretrain.py", args("two", "2"))
+    assert "effective batch 4 (2 x 1 micro-batches x 2 processes)" in out
     pretrain.main(args("one", "4"))
     two, one = read_log(d / "two.pth.log" / "log.csv"), read_log(d / "one.pth.log" / "log.csv")
     assert [r["step"] for r in two] == [r["step"] for r in one] and len(one) == 24

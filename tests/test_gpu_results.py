@@ -8,22 +8,12 @@ import os
 import re
 import subprocess
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLE = os.path.join(ROOT, "data", "sample")
-MICRO = {
-    "hidden_size": 32,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "max_position_embeddings": 128,
-    "hidden_dropout_prob": 0.1,
-    "attention_probs_dropout_prob": 0.1,
-}
+from conftest import MICRO, ROOT, SAMPLE
 
 
 def test_gpu_results_script_dry_run_on_cpu(tmp_path):
     config = tmp_path / "micro.json"
-    config.write_text(json.dumps(MICRO))
+    config.write_text(json.dumps({**MICRO, "max_position_embeddings": 128}))
     nsmc = tmp_path / "nsmc"
     nsmc.mkdir()
     for name, n in (("ratings_train.txt", 400), ("ratings_test.txt", 100)):

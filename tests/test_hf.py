@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CFG, ROOT, SAMPLE, nsmc_head
 
 import export
 import predict
@@ -34,18 +35,9 @@ transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()  # no load reports or progress bars in the test output
 transformers.logging.disable_progress_bar()
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLE = os.path.join(ROOT, "data", "sample")
 ATOL = 1e-5
 CONFIGS = {  # odd vocabularies; 64, 32 and 64 dims per head; one LayerNorm eps and type vocabulary off the default
-    "h64-4heads-v301": {
-        "vocab_size": 301,
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 128,
-        "max_position_embeddings": 32,
-    },
+    "h64-4heads-v301": CFG,
     "h96-3heads-v1007": {
         "vocab_size": 1007,
         "hidden_size": 96,
@@ -229,13 +221,6 @@ def hf_dir(tmp_path_factory):
 
 def hf_weights(d):
     return transformers.BertForPreTraining.from_pretrained(d).state_dict()
-
-
-def nsmc_head(dst, n, src="ratings_train.txt"):
-    with open(os.path.join(SAMPLE, src), encoding="utf-8") as f:
-        lines = f.readlines()[: n + 1]
-    dst.write_text("".join(lines), encoding="utf-8")
-    return str(dst)
 
 
 def run_readme(out, monkeypatch, replace=None, block="sentencepiece"):

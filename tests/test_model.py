@@ -1,16 +1,8 @@
 import torch
 import torch.nn.functional as F
+from conftest import CFG
 
 from model import BertConfig, BertForPreTraining, BertForSequenceClassification, configure_optimizer
-
-CFG = {
-    "vocab_size": 301,
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 128,
-    "max_position_embeddings": 32,
-}
 
 
 def batch(B=3, T=20, vocab=301, seed=0):

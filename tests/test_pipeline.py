@@ -4,42 +4,15 @@ import csv
 import json
 import lzma
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import MICRO, SAMPLE, nsmc_head, run_cli
 
 import predict
 import pretrain
 import train
 from errors import UserError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLE = os.path.join(ROOT, "data", "sample")
-MICRO = {
-    "hidden_size": 32,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "max_position_embeddings": 64,
-    "hidden_dropout_prob": 0.1,
-    "attention_probs_dropout_prob": 0.1,
-}
-
-
-def run_cli(*args):
-    """Run a script as a user would; -> (exit code, stdout + stderr)."""
-    p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
-    return p.returncode, p.stdout + p.stderr
-
-
-def nsmc_slice(src, dst, n):
-    with open(os.path.join(SAMPLE, src), encoding="utf-8") as f:
-        lines = f.readlines()
-    with open(dst, "w", encoding="utf-8") as f:
-        f.writelines(lines[: n + 1])
-    return str(dst)
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +116,8 @@ def test_resume_continues_from_the_saved_epoch(work, capsys):
 
 
 def test_train_and_predict(work, tmp_path, capsys):
-    tr = nsmc_slice("ratings_train.txt", tmp_path / "train.txt", 600)
-    te = nsmc_slice("ratings_test.txt", tmp_path / "test.txt", 200)
+    tr = nsmc_head(tmp_path / "train.txt", 600, "ratings_train.txt")
+    te = nsmc_head(tmp_path / "test.txt", 200, "ratings_test.txt")
     save = str(tmp_path / "best.pth")
     train.main(
         [
@@ -371,8 +344,8 @@ def test_nsp_class_0_means_b_follows_a(work, tmp_path):
 
 def test_early_stopping_on_validation(work, tmp_path, capsys):
     """With --lr 0 the validation accuracy never improves on epoch 1, so --patience 1 stops after epoch 2 of 5."""
-    tr = nsmc_slice("ratings_train.txt", tmp_path / "train.txt", 200)
-    te = nsmc_slice("ratings_test.txt", tmp_path / "test.txt", 50)
+    tr = nsmc_head(tmp_path / "train.txt", 200, "ratings_train.txt")
+    te = nsmc_head(tmp_path / "test.txt", 50, "ratings_test.txt")
     args = [
         "--config",
         work["config"],
@@ -434,7 +407,7 @@ def test_keep_steps_keeps_the_weights_of_those_steps(work, tmp_path, capsys):
         kept[4]["model"][w], last["model"][w]
     )
     # a kept checkpoint fine-tunes like any other
-    tr = nsmc_slice("ratings_train.txt", tmp_path / "train.txt", 100)
+    tr = nsmc_head(tmp_path / "train.txt", 100, "ratings_train.txt")
     train.main(
         [
             "--config",

@@ -8,25 +8,7 @@ import subprocess
 import sys
 
 import torch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLE = os.path.join(ROOT, "data", "sample")
-MICRO = {
-    "hidden_size": 32,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "max_position_embeddings": 64,
-    "hidden_dropout_prob": 0.1,
-    "attention_probs_dropout_prob": 0.1,
-}
-
-
-def head(src, dst, n):
-    with open(os.path.join(SAMPLE, src), encoding="utf-8") as f:
-        lines = f.readlines()[: n + 1]
-    dst.write_text("".join(lines), encoding="utf-8")
-    return str(dst)
+from conftest import MICRO, ROOT, SAMPLE, nsmc_head
 
 
 def test_results_script_builds_the_table(tmp_path):
@@ -39,9 +21,9 @@ def test_results_script_builds_the_table(tmp_path):
         "--wiki",
         os.path.join(SAMPLE, "kowiki-sample.txt.xz"),
         "--train",
-        head("ratings_train.txt", tmp_path / "train.txt", 400),
+        nsmc_head(tmp_path / "train.txt", 400, "ratings_train.txt"),
         "--test",
-        head("ratings_test.txt", tmp_path / "test.txt", 100),
+        nsmc_head(tmp_path / "test.txt", 100, "ratings_test.txt"),
         "--out",
         str(out),
         "--img",
@@ -176,7 +158,7 @@ def test_results_vocab_from_the_training_reviews(tmp_path):
     config = tmp_path / "micro.json"
     config.write_text(json.dumps(MICRO))
     out = tmp_path / "out"
-    train = head("ratings_train.txt", tmp_path / "train.txt", 400)
+    train = nsmc_head(tmp_path / "train.txt", 400, "ratings_train.txt")
     cmd = [
         sys.executable,
         "results.py",
@@ -185,7 +167,7 @@ def test_results_vocab_from_the_training_reviews(tmp_path):
         "--train",
         train,
         "--test",
-        head("ratings_test.txt", tmp_path / "test.txt", 50),
+        nsmc_head(tmp_path / "test.txt", 50, "ratings_test.txt"),
         "--out",
         str(out),
         "--img",

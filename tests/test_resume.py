@@ -14,46 +14,19 @@ import time
 
 import pytest
 import torch
-from conftest import write_instances
+from conftest import MICRO, ROOT, assert_same_state, micro_setup, nsmc_head, wait_for, write_instances
 
 import model as model_py
 import pretrain
 import train
 from errors import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLE = os.path.join(ROOT, "data", "sample")
-MICRO = {
-    "hidden_size": 32,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "max_position_embeddings": 64,
-    "hidden_dropout_prob": 0.1,
-    "attention_probs_dropout_prob": 0.1,
-}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread, in here and in the scripts started from here: the same arithmetic in both (bit-equal weights),
-    and no thread oversubscription on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, sample_spm):
-    d = tmp_path_factory.mktemp("resume")
-    (d / "micro.json").write_text(json.dumps(MICRO))
-    return {
-        "dir": d,
-        "config": str(d / "micro.json"),
-        "vocab": sample_spm,
-        "instances": write_instances(d / "inst.json", 48),
-    }
+    return micro_setup(tmp_path_factory.mktemp("resume"), sample_spm)
 
 
 def args_for(s, save, *extra):
@@ -92,23 +65,6 @@ def start(script, args, **env):
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1", **env},
     )
-
-
-def wait_for(path, proc, timeout=120):
-    t = time.time()
-    while not os.path.exists(path):
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() - t < timeout
-        time.sleep(0.01)
-
-
-def assert_same_state(a, b):
-    a, b = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
-    assert a["step"] == b["step"]
-    for k, v in a["model"].items():
-        assert torch.equal(v, b["model"][k]), k
-    for i, st in a["optimizer"]["state"].items():
-        assert torch.equal(st["exp_avg_sq"], b["optimizer"]["state"][i]["exp_avg_sq"])
 
 
 @pytest.fixture(scope="module")
@@ -242,9 +198,9 @@ def finetune_args(s, d, *extra):
         "--vocab",
         s["vocab"],
         "--train",
-        nsmc_head(d / "train.txt", 700),
+        nsmc_head(d / "train.txt", 700, "ratings_test.txt"),
         "--test",
-        nsmc_head(d / "test.txt", 20),
+        nsmc_head(d / "test.txt", 20, "ratings_test.txt"),
         "--valid",
         "0.3",
         "--save",
@@ -262,12 +218,6 @@ def finetune_args(s, d, *extra):
         str(d / "log"),
         *extra,
     ]
-
-
-def nsmc_head(path, n):
-    with open(os.path.join(SAMPLE, "ratings_test.txt"), encoding="utf-8") as f:
-        path.write_text("".join(f.readline() for _ in range(n + 1)), encoding="utf-8")
-    return str(path)
 
 
 def test_fine_tuning_killed_in_a_save_resumes_exactly(setup, tmp_path):

@@ -4,20 +4,12 @@ import math
 
 import pytest
 import torch
+from conftest import CFG
 
 import bench
 import model
 from errors import UserError
 from model import BertConfig, BertForPreTraining, dropout
-
-CFG = {
-    "vocab_size": 301,
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 128,
-    "max_position_embeddings": 32,
-}
 
 
 def batch(B=3, T=20, seed=0):
