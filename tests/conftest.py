@@ -101,6 +101,17 @@ def nsmc_head(dst, n, src="ratings_train.txt"):
     return str(dst)
 
 
+def wiki_head(dst, n):
+    """The first n articles of the sample Wikipedia text, as WikiExtractor wrote them, to dst -> its path."""
+    import lzma
+
+    with lzma.open(SAMPLE_CORPUS, "rt", encoding="utf-8") as f:
+        docs = f.read().split("</doc>\n")[:n]
+    with open(dst, "w", encoding="utf-8") as f:
+        f.write("</doc>\n".join(docs) + "</doc>\n")
+    return str(dst)
+
+
 def run_cli(*args, timeout=300):
     """Run a script as a user would (`run_cli("train.py", ...)`) -> (exit code, stdout + stderr)."""
     p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)

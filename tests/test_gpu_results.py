@@ -8,7 +8,7 @@ import os
 import re
 import subprocess
 
-from conftest import MICRO, ROOT, SAMPLE
+from conftest import MICRO, ROOT, nsmc_head, wiki_head
 
 
 def test_gpu_results_script_dry_run_on_cpu(tmp_path):
@@ -16,9 +16,8 @@ def test_gpu_results_script_dry_run_on_cpu(tmp_path):
     config.write_text(json.dumps({**MICRO, "max_position_embeddings": 128}))
     nsmc = tmp_path / "nsmc"
     nsmc.mkdir()
-    for name, n in (("ratings_train.txt", 400), ("ratings_test.txt", 100)):
-        with open(os.path.join(SAMPLE, name), encoding="utf-8") as f:
-            (nsmc / name).write_text("".join(f.readlines()[: n + 1]), encoding="utf-8")
+    for name, n in (("ratings_train.txt", 300), ("ratings_test.txt", 60)):
+        nsmc_head(nsmc / name, n, name)
     run = tmp_path / "run"
     env = {
         **os.environ,
@@ -28,13 +27,13 @@ def test_gpu_results_script_dry_run_on_cpu(tmp_path):
         "EPOCH": "1",
         "SEEDS": "1,2",
         "WORKERS": "0",
-        "WIKI": os.path.join(SAMPLE, "kowiki-sample.txt.xz"),
+        "WIKI": wiki_head(tmp_path / "wiki.txt", 60),
         "N": str(nsmc),
         "RUN": str(run),
         "OMP_NUM_THREADS": "1",
     }
     p = subprocess.run(
-        ["bash", "gpu_results.sh", "--vocab_size", "3000", "--hardware", "test CPU"],
+        ["bash", "gpu_results.sh", "--vocab_size", "1000", "--hardware", "test CPU"],
         cwd=ROOT,
         env=env,
         capture_output=True,

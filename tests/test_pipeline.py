@@ -2,12 +2,11 @@
 
 import csv
 import json
-import lzma
 import os
 
 import pytest
 import torch
-from conftest import MICRO, SAMPLE, nsmc_head, run_cli
+from conftest import MICRO, nsmc_head, run_cli, wiki_head
 
 import predict
 import pretrain
@@ -21,11 +20,7 @@ def work(tmp_path_factory, sample_spm):
     d = tmp_path_factory.mktemp("pipeline")
     config = d / "micro.json"
     config.write_text(json.dumps(MICRO))
-    with lzma.open(os.path.join(SAMPLE, "kowiki-sample.txt.xz"), "rt", encoding="utf-8") as f:
-        text = f.read()
-    docs = text.split("</doc>\n")[:40]
-    corpus = d / "wiki.txt"
-    corpus.write_text("</doc>\n".join(docs) + "</doc>\n", encoding="utf-8")
+    corpus = wiki_head(d / "wiki.txt", 40)
     instances = d / "bert.json"
     code, out = run_cli(
         "data.py", "--input", str(corpus), "--vocab", sample_spm, "--output", str(instances), "--n_seq", "64"

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import torch
-from conftest import MICRO, ROOT, SAMPLE, nsmc_head
+from conftest import MICRO, ROOT, SAMPLE, nsmc_head, wiki_head
 
 
 def test_results_script_builds_the_table(tmp_path):
@@ -19,7 +19,7 @@ def test_results_script_builds_the_table(tmp_path):
         sys.executable,
         "results.py",
         "--wiki",
-        os.path.join(SAMPLE, "kowiki-sample.txt.xz"),
+        wiki_head(tmp_path / "wiki.txt", 60),  # 60 of the 346 sample articles: enough for 1000 pieces
         "--train",
         nsmc_head(tmp_path / "train.txt", 400, "ratings_train.txt"),
         "--test",
@@ -31,7 +31,7 @@ def test_results_script_builds_the_table(tmp_path):
         "--config",
         str(config),
         "--vocab_size",
-        "3000",
+        "1000",
         "--n_seq",
         "64",
         "--wiki_steps",
