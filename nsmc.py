@@ -9,6 +9,8 @@ import torch
 from errors import UserError, require_file
 from vocab import CLS_ID, SEP_ID
 
+LABELS = ("negative", "positive")  # label 0 and 1, as predict.py prints them
+
 
 def read_nsmc(path):
     """-> (reviews, labels) from an NSMC file (`id<TAB>document<TAB>label`); empty reviews are kept as ''."""

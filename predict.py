@@ -4,12 +4,15 @@
     python predict.py "최악이다" "배우 연기가 좋았다" --save save_best.pth --vocab kowiki.model
     python predict.py --input reviews.txt          # one review per line, any number of lines
     python predict.py --input reviews.txt --gpu 0  # on a GPU
+    python predict.py --input reviews.txt --save a.pth --save b.pth --save c.pth   # an ensemble: mean probabilities
 
 Prints one line per review, in the input's order: label (positive/negative), its probability, and the review.
 --input is read as a stream, --window reviews at a time, and each window's lines are printed as soon as
 they are classified, so a file of millions of lines runs in constant memory. Within a window the reviews
 are sorted by length and cut into batches of about --batch_tokens padded tokens, so a batch pads little;
 bf16 where the hardware does it natively (AMX / AVX512_BF16 CPUs, GPUs), fp32 elsewhere or with --fp32.
+With several --save, each review's probabilities are the mean of theirs: an ensemble, and the teacher whose
+output `train.py --unlabeled` learns from (self-training).
 """
 
 import argparse
@@ -24,11 +27,10 @@ import torch
 from checkpoint import load_checkpoint
 from errors import UserError, main_guard, require_file
 from model import BertConfig, BertForSequenceClassification
-from nsmc import collate_reviews, encode_reviews
+from nsmc import LABELS, collate_reviews, encode_reviews
 from training import get_device, mixed_precision
 from vocab import load_vocab
 
-LABELS = ("negative", "positive")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # mixed_precision's names
 
 
@@ -74,18 +76,19 @@ def token_batches(lengths, batch_tokens):
 @torch.inference_mode()
 def predict_stream(model, sp, reviews, n_seq, batch_tokens=2048, window=4096):
     """Yield (label index, probability of that label) for each review of the iterable `reviews`, in its order,
-    computed in the model's own dtype on its device.
+    computed in the model's own dtype on its device; `model` may be a list of models: their mean probabilities.
 
     Reads `window` reviews at a time and yields their results before reading more, so memory does not grow
     with the input; sorting within the window lets each batch pad to about its own reviews' length."""
-    device = next(model.parameters()).device
+    models = model if isinstance(model, (list, tuple)) else [model]
+    device = next(models[0].parameters()).device
     for chunk in windows(reviews, window):
         ids = encode_reviews(sp, chunk, n_seq)
         labels, probs = np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids))
         for idx in token_batches(np.array([len(x) for x in ids]), batch_tokens):
             b = collate_reviews([ids[i] for i in idx], n_seq=n_seq)
-            logits = model(b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device))
-            p, label = logits.float().softmax(-1).max(-1)
+            x, mask = b["input_ids"].to(device), b["attention_mask"].to(device)
+            p, label = (sum(m(x, attention_mask=mask).float().softmax(-1) for m in models) / len(models)).max(-1)
             labels[idx], probs[idx] = label.cpu().numpy(), p.cpu().numpy()
         yield from zip(labels.tolist(), probs.tolist())
 
@@ -109,7 +112,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("text", nargs="*", help="reviews to classify")
     p.add_argument("--input", default=None, help="a file with one review per line")
-    p.add_argument("--save", default="save_best.pth", help="checkpoint from train.py")
+    p.add_argument(
+        "--save",
+        action="append",
+        default=None,
+        help="checkpoint from train.py (default save_best.pth); several --save: an ensemble (mean probabilities)",
+    )
     p.add_argument("--vocab", default="kowiki.model", help="the SentencePiece model it was trained with")
     p.add_argument(
         "--batch_tokens",
@@ -135,19 +143,26 @@ def main(argv=None):
     if not args.text and (not args.input or os.path.getsize(args.input) == 0):
         raise UserError('nothing to classify: pass reviews as arguments (python predict.py "재밌어요") or --input FILE')
     device = get_device(args.gpu)
-    model, sp, n_seq = load_classifier(args.save, args.vocab)
-    # weights in bf16 outright rather than autocast: in inference nothing needs fp32 master weights, and autocast
-    # would cast every weight at every batch (a quarter of the CPU time)
-    model.to(device, DTYPES[mixed_precision(device, args.fp32)[2]])
+    loaded = [load_classifier(path, args.vocab) for path in args.save or ["save_best.pth"]]
+    # an ensemble reads each review cut to the shortest n_seq among its checkpoints
+    models, sp, n_seq = [m for m, _, _ in loaded], loaded[0][1], min(n for _, _, n in loaded)
+    for model in models:
+        # weights in bf16 outright rather than autocast: in inference nothing needs fp32 master weights, and
+        # autocast would cast every weight at every batch (a quarter of the CPU time)
+        model.to(device, DTYPES[mixed_precision(device, args.fp32)[2]])
     # small batches win on a CPU (they stay in cache); a GPU wants many tokens at once
     batch_tokens = args.batch_tokens or (2048 if device.type == "cpu" else 32768)
     # the texts twice, lazily: one stream feeds the model, the other the printing; tee holds only the window between
     reviews, texts = itertools.tee(itertools.chain(args.text, read_lines(args.input) if args.input else ()))
-    results = predict_stream(model, sp, reviews, n_seq, batch_tokens, args.window)
-    for n, (text, (label, prob)) in enumerate(zip(texts, results), 1):
-        sys.stdout.write(f"{LABELS[label]}\t{prob:.4f}\t{text}\n")
-        if n % args.window == 0:
-            sys.stdout.flush()  # a window at a time, so a reader of a pipe sees results as they come
+    results = predict_stream(models, sp, reviews, n_seq, batch_tokens, args.window)
+    try:
+        for n, (text, (label, prob)) in enumerate(zip(texts, results), 1):
+            sys.stdout.write(f"{LABELS[label]}\t{prob:.4f}\t{text}\n")
+            if n % args.window == 0:
+                sys.stdout.flush()  # a window at a time, so a reader of a pipe sees results as they come
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader stopped reading (`| head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -3,10 +3,16 @@
     python train.py --pretrain save_pretrain.pth          # from a pretrained checkpoint
     python train.py                                       # from scratch (random weights)
     python train.py --pretrain save_pretrain.pth --gpu 0
+    python train.py --pretrain save_pretrain.pth --unlabeled teacher.tsv   # self-training on a teacher's labels
 
 A --valid share of the training file is held out; the epoch with the best validation accuracy is
 saved to --save, so the test file never picks the model. Test accuracy is reported every epoch.
 Writes <log_dir>/log.csv, loss.svg and accuracy.svg. Predict with the result: `python predict.py "..."`.
+
+Self-training: --unlabeled takes predict.py's output on unlabeled reviews (`predict.py --input reviews.txt
+--save a.pth --save b.pth > teacher.tsv`, a teacher ensemble) and adds them to the training set with the
+teacher's probabilities as soft targets. A review of the test file among them stops the run; reviews of this
+run's validation share are dropped, so validation stays unseen.
 
     torchrun --nproc_per_node 4 train.py --pretrain save_pretrain.pth --gpu 0   # 4 GPUs (DDP); --batch is per process
 
@@ -37,7 +43,7 @@ from checkpoint import (
 )
 from errors import UserError, main_guard, require_file
 from model import BertConfig, BertForSequenceClassification, configure_optimizer, count_parameters
-from nsmc import collate_reviews, encode_reviews, length_batches, read_nsmc, token_split
+from nsmc import LABELS, collate_reviews, encode_reviews, length_batches, read_nsmc, token_split
 from training import (
     StopSignal,
     all_sum,
@@ -67,6 +73,13 @@ def get_args(argv=None):
     p.add_argument("--train", default="data/ratings_train.txt", help="NSMC training file (id, document, label)")
     p.add_argument("--test", default="data/ratings_test.txt", help="NSMC test file")
     p.add_argument("--pretrain", default=None, help="checkpoint from pretrain.py; random weights when left out")
+    p.add_argument(
+        "--unlabeled",
+        default=None,
+        help="predict.py's output (label, probability, review a line) on unlabeled reviews: more training reviews, "
+        "with the teacher's probabilities as soft targets",
+    )
+    p.add_argument("--unlabeled_max", type=int, default=0, help="only the first this many --unlabeled lines (0: all)")
     p.add_argument("--save", default="save_best.pth", help="where the best-on-validation model goes")
     p.add_argument("--epoch", type=int, default=5)
     p.add_argument("--batch", type=int, default=128, help="reviews per process per micro-batch")
@@ -149,7 +162,41 @@ def check_args(args):
         raise UserError(
             "--epoch, --batch and --grad_accum must be at least 1, --batch_tokens at least 0 and --valid in [0, 1)"
         )
+    if args.unlabeled_max < 0:
+        raise UserError("--unlabeled_max must be at least 0 (0: every line)")
     require_file(args.config, "pass --config config_half.json or config.json")
+    if args.unlabeled:
+        require_file(args.unlabeled, "make it with `python predict.py --input REVIEWS --save MODEL > FILE`")
+
+
+def collapse(text):
+    return " ".join(text.split())
+
+
+def read_teacher(path, limit=0):
+    """predict.py's output (`label<TAB>probability<TAB>review` a line) -> (reviews, probability of positive)."""
+    reviews, p_pos = [], []
+    with open(path, encoding="utf-8", errors="strict") as f:
+        try:
+            for n, line in enumerate(f, 1):
+                if limit and n > limit:
+                    break
+                fields = line.rstrip("\n").split("\t", 2)
+                try:
+                    label, prob = LABELS.index(fields[0]), float(fields[1])
+                    if len(fields) < 3 or not 0.5 <= prob <= 1:
+                        raise ValueError
+                except (ValueError, IndexError):
+                    raise UserError(
+                        f"{path}:{n}: expected predict.py's 'label<TAB>probability<TAB>review', got {line[:60]!r}"
+                    ) from None
+                reviews.append(fields[2])
+                p_pos.append(prob if label == 1 else 1 - prob)
+        except UnicodeDecodeError:
+            raise UserError(f"{path} is not UTF-8 text (predict.py's output)") from None
+    if not reviews:
+        raise UserError(f"{path} has no reviews; make it with `python predict.py --input REVIEWS --save MODEL`")
+    return reviews, p_pos
 
 
 def build_model(args, config, log):
@@ -167,8 +214,9 @@ def build_model(args, config, log):
     return model
 
 
-def load_splits(args, sp):
-    """-> train, valid, test: (token ids, labels) each. The --valid share of --train is drawn from --seed."""
+def load_splits(args, sp, log=print):
+    """-> train, valid, test: (token ids, labels) each, and the soft targets of train (probability of positive:
+    the labels, then --unlabeled's; None without it). The --valid share of --train is drawn from --seed."""
     reviews, labels = read_nsmc(args.train)
     test_reviews, test_labels = read_nsmc(args.test)
     perm = np.random.default_rng(args.seed).permutation(len(reviews))
@@ -176,7 +224,27 @@ def load_splits(args, sp):
     ids = encode_reviews(sp, reviews, args.n_seq)
     train = [ids[i] for i in perm[n_valid:]], [labels[i] for i in perm[n_valid:]]
     valid = [ids[i] for i in perm[:n_valid]], [labels[i] for i in perm[:n_valid]]
-    return train, valid, (encode_reviews(sp, test_reviews, args.n_seq), test_labels)
+    test = encode_reviews(sp, test_reviews, args.n_seq), test_labels
+    if not args.unlabeled:
+        return train, valid, test, None
+    extra, p_pos = read_teacher(args.unlabeled, args.unlabeled_max)
+    # the test reviews never train (checked on the text, whitespace collapsed); validation stays unseen too
+    test_texts = {collapse(t) for t in test_reviews if t.strip()}
+    if leaked := [n for n, t in enumerate(extra, 1) if collapse(t) in test_texts]:
+        raise UserError(
+            f"{len(leaked)} reviews of {args.unlabeled} are reviews of {args.test} (line {leaked[0]} first); "
+            "the test reviews must stay out of training: drop them from the unlabeled reviews"
+        )
+    valid_texts = {collapse(reviews[i]) for i in perm[:n_valid]}
+    keep = [i for i, t in enumerate(extra) if collapse(t) not in valid_texts]
+    log(
+        f"{args.unlabeled}: {len(keep):,} unlabeled reviews with the teacher's probabilities "
+        f"({len(extra) - len(keep):,} dropped: reviews of the validation share)"
+    )
+    extra_ids = encode_reviews(sp, [extra[i] for i in keep], args.n_seq)
+    soft = [float(y) for y in train[1]] + [p_pos[i] for i in keep]
+    train = train[0] + extra_ids, train[1] + [int(p_pos[i] > 0.5) for i in keep]
+    return train, valid, test, soft
 
 
 def epoch_batches(lengths, global_batch, min_size, seed, epoch):
@@ -215,7 +283,11 @@ def train_step(model, micro, n_step, world, device, autocast, scaler):
             model.require_backward_grad_sync = k == len(micro) - 1  # DDP all-reduces on the last micro-batch only
         with autocast:
             logits = model(b["input_ids"], attention_mask=b["attention_mask"])
-        loss_sum = F.cross_entropy(logits.float(), b["labels"], reduction="sum")
+        if "soft" in b:  # cross-entropy against (1 - p, p): a label is p = 0 or 1, a teacher's is its probability
+            target = torch.stack([1 - b["soft"], b["soft"]], -1)
+            loss_sum = -(target * logits.float().log_softmax(-1)).sum()
+        else:
+            loss_sum = F.cross_entropy(logits.float(), b["labels"], reduction="sum")
         # the mean over the whole step, so N processes x batch B x K micro-batches make the gradient of
         # one process with batch N*B*K; DDP divides by the number of processes, hence * world
         loss = loss_sum / n_step * world
@@ -242,7 +314,7 @@ def main(argv=None):
         raise UserError(f"--n_seq {args.n_seq} is above the {config.max_position_embeddings} positions of "
                         f"{args.config}")
     model = build_model(args, config, log).to(device)
-    (train_ids, train_labels), (valid_ids, valid_labels), (test_ids, test_labels) = load_splits(args, sp)
+    (train_ids, train_labels), (valid_ids, valid_labels), (test_ids, test_labels), soft = load_splits(args, sp, log)
     resume = args.resume or os.path.splitext(args.save)[0] + ".resume.pth"
     rank0_only(lambda: [lock_checkpoint(args.save), lock_checkpoint(resume, "--resume")], rank, world)  # one run each
     log(
@@ -316,11 +388,16 @@ def main(argv=None):
             bar = tqdm(batches[epoch_step:], desc=f"epoch {epoch + 1}/{args.epoch}", total=len(batches),
                        initial=epoch_step, disable=not master)
             for gb in bar:
-                micro = [  # this process's micro-batches, a long one cut in parts of at most --batch_tokens
-                    collate_reviews([train_ids[i] for i in part], [train_labels[i] for i in part], args.n_seq)
+                parts = [  # this process's micro-batches, a long one cut in parts of at most --batch_tokens
+                    part
                     for mb in split_step(gb, rank, world, args.grad_accum)
                     for part in token_split(mb, lengths, args.batch_tokens, args.n_seq)
                 ]
+                micro = [collate_reviews([train_ids[i] for i in p], [train_labels[i] for i in p], args.n_seq)
+                         for p in parts]
+                if soft is not None:  # self-training: soft targets for every review of the step
+                    for b, p in zip(micro, parts):
+                        b["soft"] = torch.tensor([soft[i] for i in p], dtype=torch.float32)
                 # the step's review count over all processes normalizes the loss; the stop flag rides along
                 counts = torch.tensor([sum(len(b["labels"]) for b in micro), stop.signum], dtype=torch.float64,
                                       device=device)
