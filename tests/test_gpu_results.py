@@ -33,7 +33,7 @@ def test_gpu_results_script_dry_run_on_cpu(tmp_path):
         "OMP_NUM_THREADS": "1",
     }
     p = subprocess.run(
-        ["bash", "gpu_results.sh", "--vocab_size", "1000", "--hardware", "test CPU"],
+        ["bash", "gpu_results.sh", "--vocab_size", "2500", "--hardware", "test CPU"],
         cwd=ROOT,
         env=env,
         capture_output=True,

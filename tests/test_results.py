@@ -19,7 +19,7 @@ def test_results_script_builds_the_table(tmp_path):
         sys.executable,
         "results.py",
         "--wiki",
-        wiki_head(tmp_path / "wiki.txt", 60),  # 60 of the 346 sample articles: enough for 1000 pieces
+        wiki_head(tmp_path / "wiki.txt", 60),  # 60 of the 346 sample articles: ~1,700 characters
         "--train",
         nsmc_head(tmp_path / "train.txt", 400, "ratings_train.txt"),
         "--test",
@@ -31,7 +31,7 @@ def test_results_script_builds_the_table(tmp_path):
         "--config",
         str(config),
         "--vocab_size",
-        "1000",
+        "2500",
         "--n_seq",
         "64",
         "--wiki_steps",
