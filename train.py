@@ -176,7 +176,7 @@ def collapse(text):
 def read_teacher(path, limit=0):
     """predict.py's output (`label<TAB>probability<TAB>review` a line) -> (reviews, probability of positive)."""
     reviews, p_pos = [], []
-    with open(path, encoding="utf-8", errors="strict") as f:
+    with open(path, encoding="utf-8") as f:
         try:
             for n, line in enumerate(f, 1):
                 if limit and n > limit:
