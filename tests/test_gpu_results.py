@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 
 from conftest import MICRO, ROOT, nsmc_head, wiki_head
 
@@ -31,6 +32,7 @@ def test_gpu_results_script_dry_run_on_cpu(tmp_path):
         "N": str(nsmc),
         "RUN": str(run),
         "OMP_NUM_THREADS": "1",
+        "PY": sys.executable,  # the interpreter running the tests, not whichever python is first on PATH
     }
     p = subprocess.run(
         ["bash", "gpu_results.sh", "--vocab_size", "2500", "--hardware", "test CPU"],
