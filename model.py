@@ -179,11 +179,18 @@ class SelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
 
-    def forward(self, x, mask):
+    def forward(self, x, mask, cls_only=False):
+        """-> (B, T, H); with cls_only (B, 1, H): the [CLS] position's output only, from queries at position 0
+        and keys and values at every position (what a classifier needs of the last layer)."""
         B, T, H = x.shape
         nh, hs = self.n_head, H // self.n_head
         kind = attention_kind(x.device.type, self.training)
-        if kind != "plain":
+        if cls_only:
+            q = self.query(x[:, :1]).view(B, 1, nh, hs).transpose(1, 2)  # (B, nh, 1, hs)
+            w = torch.cat([self.key.weight, self.value.weight])
+            b = torch.cat([self.key.bias, self.value.bias])
+            k, v = F.linear(x, w, b).view(B, T, 2, nh, hs).permute(2, 0, 3, 1, 4)
+        elif kind != "plain":
             # one (H -> 3H) matmul instead of three; the weights stay three HF-named Linears
             w = torch.cat([self.query.weight, self.key.weight, self.value.weight])
             b = torch.cat([self.query.bias, self.key.bias, self.value.bias])
@@ -203,7 +210,7 @@ class SelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0
             )
-        return y.transpose(1, 2).reshape(B, T, H)
+        return y.transpose(1, 2).reshape(B, q.size(2), H)
 
 
 class AddNorm(nn.Module):
@@ -225,8 +232,8 @@ class Attention(nn.Module):
         self.self = SelfAttention(config)
         self.output = AddNorm(config, config.hidden_size)
 
-    def forward(self, x, mask):
-        return self.output(self.self(x, mask), x)
+    def forward(self, x, mask, cls_only=False):
+        return self.output(self.self(x, mask, cls_only), x[:, :1] if cls_only else x)
 
 
 class Intermediate(nn.Module):
@@ -247,8 +254,8 @@ class Layer(nn.Module):
         self.intermediate = Intermediate(config)
         self.output = AddNorm(config, config.intermediate_size)
 
-    def forward(self, x, mask):
-        x = self.attention(x, mask)
+    def forward(self, x, mask, cls_only=False):
+        x = self.attention(x, mask, cls_only)
         return self.output(self.intermediate(x), x)
 
 
@@ -257,9 +264,11 @@ class Encoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList([Layer(config) for _ in range(config.num_hidden_layers)])
 
-    def forward(self, x, mask):
-        for layer in self.layer:
-            x = layer(x, mask)
+    def forward(self, x, mask, cls_only=False):
+        """cls_only: the last layer computes the [CLS] position only (B, 1, H); no other position's output
+        reaches a classifier, so its queries, attention output and FFN there are work thrown away."""
+        for i, layer in enumerate(self.layer):
+            x = layer(x, mask, cls_only and i == len(self.layer) - 1)
         return x
 
 
@@ -282,7 +291,8 @@ class Bert(nn.Module):
         self.encoder = Encoder(config)
         self.pooler = Pooler(config)
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, cls_only=False):
+        """cls_only: the sequence output holds the [CLS] position only, (B, 1, H); the pooled output is the same."""
         B, T = input_ids.shape
         assert T <= self.config.max_position_embeddings, (
             f"sequence of {T} tokens exceeds {self.config.max_position_embeddings} positions"
@@ -297,7 +307,7 @@ class Bert(nn.Module):
             # the residual stream in bf16/fp16 too: an fp32 one makes every Linear cast its input (and its gradient
             # back)
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        x = self.encoder(x, mask)
+        x = self.encoder(x, mask, cls_only)
         return x, self.pooler(x)
 
 
@@ -465,8 +475,13 @@ class BertForSequenceClassification(nn.Module):
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         self.apply(lambda m: init_weights(m, config.initializer_range))
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
-        _, pooled = self.bert(input_ids, token_type_ids, attention_mask)
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, cls_only=None):
+        """cls_only: compute the last layer at [CLS] only (the same logits, a sixth less work for config_half);
+        by default in training's speed path, while eval mode stays Hugging Face's full computation unless asked
+        (predict.py and train.py's evaluation ask)."""
+        if cls_only is None:
+            cls_only = FAST and self.training
+        _, pooled = self.bert(input_ids, token_type_ids, attention_mask, cls_only=cls_only)
         return self.classifier(self.dropout(pooled))  # (B, num_labels)
 
 

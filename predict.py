@@ -88,7 +88,8 @@ def predict_stream(model, sp, reviews, n_seq, batch_tokens=2048, window=4096):
         for idx in token_batches(np.array([len(x) for x in ids]), batch_tokens):
             b = collate_reviews([ids[i] for i in idx], n_seq=n_seq)
             x, mask = b["input_ids"].to(device), b["attention_mask"].to(device)
-            p, label = (sum(m(x, attention_mask=mask).float().softmax(-1) for m in models) / len(models)).max(-1)
+            probs_sum = sum(m(x, attention_mask=mask, cls_only=True).float().softmax(-1) for m in models)
+            p, label = (probs_sum / len(models)).max(-1)
             labels[idx], probs[idx] = label.cpu().numpy(), p.cpu().numpy()
         yield from zip(labels.tolist(), probs.tolist())
 

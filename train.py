@@ -147,7 +147,7 @@ def evaluate(model, ids, labels, batch, n_seq, device, autocast, rank=0, world=1
             k: v.to(device) for k, v in collate_reviews([ids[j] for j in idx], [labels[j] for j in idx], n_seq).items()
         }
         with autocast:
-            logits = model(b["input_ids"], attention_mask=b["attention_mask"]).float()
+            logits = model(b["input_ids"], attention_mask=b["attention_mask"], cls_only=True).float()
         sums += torch.stack(
             [F.cross_entropy(logits, b["labels"], reduction="sum"), (logits.argmax(-1) == b["labels"]).sum()]
         ).double()

@@ -43,7 +43,11 @@ def classifier(sample_spm, reviews):
     with torch.no_grad():
         x = [torch.tensor([CLS_ID] + ids[:46] + [SEP_ID]) for ids in predict.load_vocab(sample_spm).encode(reviews)]
         logits = torch.cat([model(t[None]) for t in x])
-        model.classifier.bias[1] -= (logits[:, 1] - logits[:, 0]).median()
+        # between the two middle reviews, so that no review sits on the decision boundary where rounding alone
+        # (batching, the [CLS]-only last layer) would pick its label
+        d = (logits[:, 1] - logits[:, 0]).sort().values
+        model.classifier.bias[1] -= (d[len(d) // 2 - 1] + d[len(d) // 2]) / 2
+        assert (d[len(d) // 2] - d[len(d) // 2 - 1]) / 2 > 1e-4
     return model
 
 

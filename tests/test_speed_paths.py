@@ -9,7 +9,7 @@ from conftest import CFG
 import bench
 import model
 from errors import UserError
-from model import BertConfig, BertForPreTraining, dropout
+from model import BertConfig, BertForPreTraining, BertForSequenceClassification, dropout
 
 
 def batch(B=3, T=20, seed=0):
@@ -77,6 +77,37 @@ def test_fast_training_path_is_the_plain_math(monkeypatch):
     net.train()
     monkeypatch.setattr(model, "dropout", lambda x, p, training=True: x)  # dropout off, every fast path on
     fast = run(True)
+    for a, b in zip(fast, plain):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["manual", "sdpa"])
+def test_classifier_training_path_is_the_plain_math(monkeypatch, kind):
+    """A classifier in training computes its last layer at [CLS] only (CPU and CUDA attention branches): the
+    logits and every gradient equal the plain full computation's, and the last layer really is cut to one
+    position."""
+    torch.manual_seed(0)
+    # the manual branch needs attention dropout > 0 (our dropout is taken out below); SDPA's dropout_p must be 0
+    off = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0} if kind == "sdpa" else {}
+    net = BertForSequenceClassification(BertConfig(**{**CFG, **off}))
+    ids, types, mask = batch()
+    labels = torch.tensor([0, 1, 1])
+    shapes = []
+    net.bert.encoder.layer[-1].intermediate.register_forward_hook(lambda m, a, out: shapes.append(out.shape[1]))
+
+    def run():
+        net.zero_grad()
+        logits = net(ids, types, mask)
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        return [logits] + [p.grad.clone() for p in net.parameters()]
+
+    net.eval()  # plain path, no dropout: Hugging Face's computation at every position
+    plain = run()
+    net.train()
+    monkeypatch.setattr(model, "dropout", lambda x, p, training=True: x)  # dropout off, every fast path on
+    monkeypatch.setattr(model, "attention_kind", lambda d, t: kind if t else "plain")
+    fast = run()
+    assert shapes == [ids.size(1), 1]  # the last layer's FFN ran on all T positions in eval mode, on [CLS] in training
     for a, b in zip(fast, plain):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
