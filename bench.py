@@ -42,7 +42,7 @@ from errors import UserError, main_guard, require_file
 from model import BertConfig, BertForPreTraining, BertForSequenceClassification, configure_optimizer, flops_per_token
 from nsmc import collate_reviews, encode_reviews, length_batches, read_nsmc
 from store import PretrainStore, collate_pretrain
-from training import cpu_flags, cpu_model, get_device, matrix_isa, mixed_precision
+from training import cpu_flags, cpu_has_bf16, cpu_model, get_device, isa_caps, matrix_isa, mixed_precision
 from vocab import load_vocab
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -135,10 +135,16 @@ def describe_machine(device):
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
         return f"machine: {p.name} ({p.total_memory / 2**30:.0f} GiB), torch {torch.__version__}"
+    caps = isa_caps()
     return (
         f"machine: {cpu_model()}, {os.cpu_count()} cores ({torch.get_num_threads()} threads used), "
-        f"matrix ISA {matrix_isa(cpu_flags())}, torch {torch.__version__}"
+        f"matrix ISA {matrix_isa(cpu_flags())}" + (f" (kernels capped: {caps})" if caps else "") + ", "
+        f"bf16 {'native' if cpu_has_bf16() else 'not native: fp32'}, torch {torch.__version__}"
     )
+
+
+def ran_in(precision):
+    return "fp32" if precision == "fp32" else f"{precision} autocast"
 
 
 _peaks = {}
@@ -271,7 +277,7 @@ def bench_pretrain(args, device):
         hf = make_hf("BertForPreTraining", config, device, ours.state_dict())
         models["transformers"] = (hf, configure_optimizer(hf, 1e-4, device_type=device.type), hf_loss)
     print(
-        f"pretraining step: {args.config}, seq {args.seq}, batch {args.batch}, {precision} autocast for both on "
+        f"pretraining step: {args.config}, seq {args.seq}, batch {args.batch}, {ran_in(precision)} for both on "
         f"{device}, {'plain' if args.plain else 'fast'} path{', compiled' if args.compile else ''}; {args.steps} "
         "timed steps each, alternating"
     )
@@ -312,7 +318,7 @@ def bench_finetune(args, device):
     print(
         f"fine-tuning step: {args.config}, NSMC reviews of {os.path.basename(args.reviews)} in length-bucketed "
         f"batches of {args.ft_batch} (mean padded length "
-        f"{statistics.mean(b['input_ids'].size(1) for b in batches):.0f}), {precision} autocast for both on {device}"
+        f"{statistics.mean(b['input_ids'].size(1) for b in batches):.0f}), {ran_in(precision)} for both on {device}"
     )
     rates, first = race(models, batches, lambda b: len(b["labels"]), args, device, autocast)
     med = report(rates, first, "finetune", "reviews/s")

@@ -11,7 +11,8 @@ The rows:
     nsmc T           the same T steps on the NSMC training reviews alone, from random weights (--tapt_alone)
 
 The vocabulary is learned from the Wikipedia text (--vocab_text wiki), the NSMC training reviews (nsmc) or
-both; everything in --out belongs to that vocabulary, so each choice needs its own --out.
+both; everything in --out belongs to that vocabulary, so each choice needs its own --out. `--objective electra`
+pretrains every row with ELECTRA's replaced-token detection instead of masked LM + NSP (its own --out too).
 
 Every stage is one call of this repository's scripts, printed before it runs, so each row can be rerun by
 hand. A stage whose output is already there is skipped, so a killed run picks up where it stopped (pretrain.py
@@ -78,6 +79,12 @@ def get_args(argv=None):
         default=10,
         help="NSMC training reviews per data.py document (instances are cut "
         "from one document, so small documents leave short, padded instances)",
+    )
+    p.add_argument(
+        "--objective",
+        default="mlm",
+        choices=["mlm", "electra"],
+        help="pretrain.py --objective: masked LM + NSP, or ELECTRA's replaced-token detection (one per --out)",
     )
     p.add_argument("--pretrain_batch", type=int, default=64)
     p.add_argument("--pretrain_lr", type=float, default=5e-4)
@@ -250,21 +257,22 @@ def main(argv=None):
         pretrain_runs["nsmc"] = (tapt_data, args.tapt_steps, None, [])
     # rows: name -> (pretraining description, checkpoint or None, [(pretraining run, steps of it)])
     rows = {"none": ("none", None, [])}
+    how = "ELECTRA, " if args.objective == "electra" else ""  # the pretraining column says which objective
     for p in wiki_steps:
         rows[f"wiki {p}"] = (
-            f"wiki {p} steps",
+            f"{how}wiki {p} steps",
             f"{out}/wiki.pth" if p == wiki_steps[-1] else f"{out}/wiki_step{p}.pth",
             [("wiki", p)],
         )
     if "wiki+nsmc" in pretrain_runs:
         rows[f"wiki {wiki_steps[-1]} + nsmc {args.tapt_steps}"] = (
-            f"wiki {wiki_steps[-1]} + NSMC train text {args.tapt_steps} steps",
+            f"{how}wiki {wiki_steps[-1]} + NSMC train text {args.tapt_steps} steps",
             f"{out}/wiki+nsmc.pth",
             [("wiki", wiki_steps[-1]), ("wiki+nsmc", args.tapt_steps)],
         )
     if "nsmc" in pretrain_runs:
         rows[f"nsmc {args.tapt_steps}"] = (
-            f"NSMC train text {args.tapt_steps} steps",
+            f"{how}NSMC train text {args.tapt_steps} steps",
             f"{out}/nsmc.pth",
             [("nsmc", args.tapt_steps)],
         )
@@ -276,6 +284,15 @@ def main(argv=None):
             raise UserError(f"--rows: unknown row(s) {unknown}; rows are {list(rows)}")
         rows = {r: rows[r] for r in wanted}
     needed = {name for _, _, runs in rows.values() for name, _ in runs}
+    if needed:  # the checkpoints in OUT belong to one objective, as its instances to one vocab
+        mark = f"{out}/objective"
+        if os.path.exists(mark):
+            with open(mark) as f:
+                had = f.read().strip()
+            if had != args.objective:
+                raise UserError(f"{out} holds checkpoints pretrained with --objective {had}; pass another --out")
+        with open(mark, "w") as f:
+            f.write(args.objective + "\n")
 
     # 1. vocabulary and pretraining instances (only what the rows need)
     turn = take_turn(out, "vocabulary and instances")
@@ -361,6 +378,7 @@ def main(argv=None):
                 "42",
             ]
             cmd += ["--pretrain", init] if init else []
+            cmd += ["--objective", args.objective] if args.objective != "mlm" else []
             cmd += ["--dynamic_mask"] if args.dynamic_mask else []
             cmd += ["--workers", str(args.pretrain_workers)] if args.pretrain_workers else []
             cmd += ["--keep_steps", ",".join(map(str, keep))] if keep else []
@@ -476,9 +494,8 @@ def plot(args, summary):
             start = (
                 int(read_log(f"{args.out}/pretrain_wiki/log.csv")[-1]["step"]) if name == "wiki+nsmc" else 0
             )  # it goes on from wiki
-            ax.plot(
-                [start + int(r["step"]) for r in log], [float(r["mlm_loss"]) for r in log], label=f"{name}: MLM loss"
-            )
+            key, what = ("gen_loss", "generator MLM loss") if "gen_loss" in log[0] else ("mlm_loss", "MLM loss")
+            ax.plot([start + int(r["step"]) for r in log], [float(r[key]) for r in log], label=f"{name}: {what}")
     ax.set_xlabel("pretraining step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)

@@ -49,14 +49,23 @@ def cpu_flags(path="/proc/cpuinfo"):
 
 
 def cpu_model(path="/proc/cpuinfo"):
+    """The CPU's name, with its x86 family and model numbers where /proc/cpuinfo has them: a virtual machine's
+    name is often just "AMD EPYC", and the family tells Zen 3 (25) from Zen 5 (26)."""
+    info = {}
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "CPU part"):
-                    return value.strip()
+                if not line.strip():
+                    break  # the first processor is enough
+                info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    for key in ("model name", "Model", "CPU part"):
+        if key in info:
+            if "cpu family" in info and "model" in info:
+                return f"{info[key]} (family {info['cpu family']}, model {info['model']})"
+            return info[key]
     import platform
 
     return platform.processor() or "unknown CPU"
@@ -67,8 +76,16 @@ def matrix_isa(flags=None):
     flags = cpu_flags() if flags is None else flags
     for isa, flag in (("AMX", "amx_bf16"), ("AVX-512", "avx512f"), ("AVX2", "avx2"), ("SVE", "sve"), ("NEON", "asimd")):
         if flag in flags:
-            return isa
+            return isa + (" BF16" if isa == "AVX-512" and "avx512_bf16" in flags else "")
     return "other"
+
+
+def isa_caps():
+    """The instruction sets the kernels are held to, where an environment variable caps them below what the CPU
+    has (ONEDNN_MAX_CPU_ISA for oneDNN, ATEN_CPU_CAPABILITY for torch's own kernels, MKL_ENABLE_INSTRUCTIONS for
+    MKL): an AVX-512 machine run as an AVX2 one says so. Empty when nothing is capped."""
+    names = {"ONEDNN_MAX_CPU_ISA": "oneDNN", "ATEN_CPU_CAPABILITY": "ATen", "MKL_ENABLE_INSTRUCTIONS": "MKL"}
+    return ", ".join(f"{name} {os.environ[var]}" for var, name in names.items() if os.environ.get(var))
 
 
 def cpu_has_bf16(flags=None):

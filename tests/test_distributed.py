@@ -206,8 +206,11 @@ def test_sigterm_to_the_launcher_saves_then_resume(setup, long_run):
     p.wait(timeout=60)
     with open(log) as f:
         out = f.read()
-    # torchrun's own exit: status 1 and its SignalException traceback, whatever the workers do
-    assert p.returncode == 1 and out.count("Traceback") == 1 and "SignalException: Process" in out, out[-3000:]
+    # torchrun's own exit: status 1 and its SignalException traceback, whatever the workers do. Now and then torch's
+    # launcher then aborts in its own teardown ("terminate called without an active exception", SIGABRT, seen on
+    # a Zen 5 with torch 2.13), after the same traceback: torch's, not ours, so that exit is taken too
+    assert p.returncode in (1, -signal.SIGABRT), out[-3000:]
+    assert out.count("Traceback") == 1 and "SignalException: Process" in out, out[-3000:]
     saved = re.findall(rf"SIGTERM: saved {re.escape(str(save))} at step (\d+); run the same command to resume", out)
     assert len(saved) == 1, out[-3000:]  # rank 0's line, once
     assert not any(alive(w) for w in workers)  # torchrun waited for them

@@ -3,10 +3,13 @@ bf16 only on CPUs that have it in hardware."""
 
 import itertools
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, SAMPLE
 
 import predict
 import training
@@ -16,7 +19,6 @@ from model import BertConfig, BertForSequenceClassification
 from nsmc import read_nsmc
 from vocab import CLS_ID, SEP_ID
 
-SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "sample")
 CFG = {
     "vocab_size": 1007,
     "hidden_size": 64,
@@ -132,7 +134,24 @@ def test_bf16_only_where_the_cpu_has_it(monkeypatch, tmp_path):
     assert training.cpu_model(str(info)) == "AMD EPYC 7B13"
     assert training.matrix_isa({"avx2"}) == "AVX2" and training.matrix_isa(AMX) == "AMX"
     assert training.matrix_isa(AVX2_ONLY | {"avx512f"}) == "AVX-512"
+    assert training.matrix_isa(AVX2_ONLY | {"avx512f", "avx512_bf16"}) == "AVX-512 BF16"  # a Zen 4 or Zen 5
     assert training.cpu_flags(str(tmp_path / "missing")) == set() and not training.cpu_has_bf16(set())
+    info.write_text("processor\t: 0\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n\nprocessor\t: 1\n")
+    assert training.cpu_model(str(info)) == "AMD EPYC (family 26, model 2)"
+
+
+def test_kernels_capped_at_avx2_run_fp32():
+    """An AVX-512 or AMX machine run with oneDNN held to AVX2 (as an AVX2-only CPU) must not pick bf16, which
+    oneDNN would then emulate; bench.py's machine line names the caps."""
+    code = (
+        "import torch, training; from bench import describe_machine; "
+        "print(training.mixed_precision(torch.device('cpu'))[2]); print(describe_machine(torch.device('cpu')))"
+    )
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    precision, machine = p.stdout.splitlines()
+    assert precision == "fp32"
+    assert "(kernels capped: oneDNN AVX2, ATen avx2), bf16 not native: fp32" in machine
 
 
 def test_a_line_of_another_encoding_deep_in_the_input_is_one_line(tmp_path):

@@ -154,22 +154,21 @@ def test_results_script_one_line_errors(tmp_path):
         )
 
 
-def test_results_vocab_from_the_training_reviews(tmp_path):
+def reviews_vocab_cmd(tmp_path, n_train, n_test, *rest):
+    """results.py on the sample with a micro model and a vocabulary from the first n_train training reviews."""
     config = tmp_path / "micro.json"
     config.write_text(json.dumps(MICRO))
-    out = tmp_path / "out"
-    train = nsmc_head(tmp_path / "train.txt", 400, "ratings_train.txt")
-    cmd = [
+    return [
         sys.executable,
         "results.py",
         "--wiki",
         os.path.join(SAMPLE, "kowiki-sample.txt.xz"),
         "--train",
-        train,
+        nsmc_head(tmp_path / "train.txt", n_train, "ratings_train.txt"),
         "--test",
-        nsmc_head(tmp_path / "test.txt", 50, "ratings_test.txt"),
+        nsmc_head(tmp_path / "test.txt", n_test, "ratings_test.txt"),
         "--out",
-        str(out),
+        str(tmp_path / "out"),
         "--img",
         str(tmp_path / "img"),
         "--config",
@@ -180,21 +179,21 @@ def test_results_vocab_from_the_training_reviews(tmp_path):
         "nsmc",
         "--wiki_steps",
         "",
-        "--tapt_steps",
-        "2",
         "--tapt_doc",
         "50",
-        "--rows",
-        "none",
         "--seeds",
         "1",
-        "--lr_none",
-        "1e-3",
         "--batch",
         "32",
         "--epoch",
         "1",
+        *rest,
     ]
+
+
+def test_results_vocab_from_the_training_reviews(tmp_path):
+    out = tmp_path / "out"
+    cmd = reviews_vocab_cmd(tmp_path, 400, 50, "--tapt_steps", "2", "--rows", "none", "--lr_none", "1e-3")
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
     text = out / "nsmc_train_doc50.txt"
@@ -246,3 +245,23 @@ def test_results_calls_on_one_out_take_turns(tmp_path, capsys):
     first.wait()
     assert f"waiting for another results.py on {tmp_path} (results.csv)" in capsys.readouterr().out
     assert waited > 0.3
+
+
+def test_results_with_electra_pretraining(tmp_path):
+    """--objective electra: pretrain.py is asked for it, the row says so, the plot takes the generator's loss,
+    and an OUT pretrained with one objective refuses the other."""
+    out = tmp_path / "out"
+    cmd = reviews_vocab_cmd(tmp_path, 300, 50, "--tapt_steps", "3", "--tapt_dupe", "1", "--n_seq", "64",
+                            "--pretrain_batch", "8", "--lr", "1e-3", "--rows", "nsmc 3", "--objective", "electra")
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert next(line for line in p.stdout.splitlines() if "pretrain.py" in line).endswith("--objective electra")
+    assert torch.load(out / "nsmc.pth", weights_only=False)["objective"] == "electra"
+    with open(out / "results.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["item"] == "nsmc 3" and row["pretraining"] == "ELECTRA, NSMC train text 3 steps"
+    assert "generator MLM loss" in (tmp_path / "img" / "loss.svg").read_text()
+    p = subprocess.run([*cmd[:-2], "--objective", "mlm"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == (
+        f"error: {out} holds checkpoints pretrained with --objective electra; pass another --out"
+    )
