@@ -1,5 +1,8 @@
+import json
+
 import numpy as np
 import pytest
+from conftest import MICRO, nsmc_head
 
 from errors import UserError
 from nsmc import collate_reviews, length_batches, read_nsmc
@@ -73,3 +76,22 @@ def test_token_split_keeps_the_step_and_bounds_the_tokens():
         grads.append([q.grad.clone() for q in net.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_cpu_training_gives_freed_heap_pages_back_every_trim_every_steps(tmp_path, sample_spm, monkeypatch):
+    """A whole NSMC epoch's peak RSS went from 1.54 to 1.44 GB with malloc_trim every 50 steps: the heap kept
+    the pages of long batches all epoch. Here every 2 steps of 10, besides the calls around each evaluation."""
+    import train
+
+    (tmp_path / "micro.json").write_text(json.dumps(MICRO))
+    calls = []
+    monkeypatch.setattr(train, "release_free_memory", lambda: calls.append(1))
+    monkeypatch.setattr(train, "TRIM_EVERY", 2)
+    train_file = nsmc_head(tmp_path / "train.txt", 340)
+    test_file = nsmc_head(tmp_path / "test.txt", 40, "ratings_test.txt")
+    args = ["--config", str(tmp_path / "micro.json"), "--vocab", sample_spm, "--epoch", "1", "--batch", "32",
+            "--train", train_file, "--test", test_file, "--valid", "0.06", "--save", str(tmp_path / "ft.pth"),
+            "--log_dir", str(tmp_path / "log"), "--fp32"]
+    train.main(args)
+    assert len(calls) == 10 // 2 + 2 * 2  # 5 in training; before and after each of the 2 evaluations
