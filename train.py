@@ -123,6 +123,13 @@ def get_args(argv=None):
         help="early stopping: stop after this many epochs without a better validation accuracy (0: run all --epoch)",
     )
     p.add_argument("--valid", type=float, default=0.05, help="share of --train held out to pick the best epoch")
+    p.add_argument(
+        "--valid_seed",
+        type=int,
+        default=None,
+        help="seed of the --valid draw (default: --seed); one for all seeds keeps a teacher ensemble off the "
+        "students' validation reviews",
+    )
     p.add_argument("--gpu", type=int, default=None, help="CUDA device index; CPU when left out")
     p.add_argument("--fp32", action="store_true", help="turn off mixed precision")
     p.add_argument("--log_dir", default="runs/train", help="where log.csv, loss.svg and accuracy.svg go")
@@ -160,6 +167,8 @@ def evaluate(model, ids, labels, batch, n_seq, device, autocast, rank=0, world=1
 
 
 def check_args(args):
+    if args.valid_seed is None:
+        args.valid_seed = args.seed
     if args.epoch < 1 or args.batch < 1 or args.grad_accum < 1 or not 0 <= args.valid < 1 or args.batch_tokens < 0:
         raise UserError(
             "--epoch, --batch and --grad_accum must be at least 1, --batch_tokens at least 0 and --valid in [0, 1)"
@@ -218,10 +227,10 @@ def build_model(args, config, log):
 
 def load_splits(args, sp, log=print):
     """-> train, valid, test: (token ids, labels) each, and the soft targets of train (probability of positive:
-    the labels, then --unlabeled's; None without it). The --valid share of --train is drawn from --seed."""
+    the labels, then --unlabeled's; None without it). The --valid share of --train is drawn from --valid_seed."""
     reviews, labels = read_nsmc(args.train)
     test_reviews, test_labels = read_nsmc(args.test)
-    perm = np.random.default_rng(args.seed).permutation(len(reviews))
+    perm = np.random.default_rng(args.valid_seed).permutation(len(reviews))
     n_valid = round(args.valid * len(reviews))
     ids = encode_reviews(sp, reviews, args.n_seq)
     train = [ids[i] for i in perm[n_valid:]], [labels[i] for i in perm[n_valid:]]
@@ -266,9 +275,11 @@ def restore_state(path, args, config, fields, model, optimizer, scheduler, scale
     if not state["epoch_step"]:
         fields.pop("global_batch")  # only the data order within an epoch depends on it
     for name, value in fields.items():
-        if state[name] != value:
+        # a state from before --valid_seed drew its split from --seed
+        saved = state.get(name, state["seed"]) if name == "valid_seed" else state[name]
+        if saved != value:
             raise UserError(
-                f"{path} has {name}={state[name]} but this run has {name}={value}; "
+                f"{path} has {name}={saved} but this run has {name}={value}; "
                 "run with the same options, or delete it to start afresh"
             )
     restore_training(state, model, optimizer, scheduler, scaler)
@@ -341,8 +352,8 @@ def main(argv=None):
     # resume: epochs done, optimizer steps done, steps into the current epoch, the best epoch so far
     epoch, step, epoch_step, best, rng = 0, 0, 0, None, None
     epoch_sums = torch.zeros(2, dtype=torch.float64, device=device)  # this epoch's training loss and reviews so far
-    fields = {"n_seq": args.n_seq, "valid": args.valid, "seed": args.seed, "train_reviews": len(train_ids),
-              "global_batch": global_batch}  # a resumed run must have the same
+    fields = {"n_seq": args.n_seq, "valid": args.valid, "seed": args.seed, "valid_seed": args.valid_seed,
+              "train_reviews": len(train_ids), "global_batch": global_batch}  # a resumed run must have the same
     if os.path.exists(resume):
         state = restore_state(resume, args, config, dict(fields), model, optimizer, scheduler, scaler)
         epoch, step, epoch_step, best, rng = (state[k] for k in ("epoch", "step", "epoch_step", "best", "rng"))

@@ -18,6 +18,7 @@ from checkpoint import save_checkpoint
 from errors import UserError
 from model import BertConfig, BertForSequenceClassification
 from nsmc import read_nsmc
+from vocab import load_vocab
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -203,3 +204,18 @@ def test_cli_error_for_a_missing_teacher_file(work, tmp_path):
     code, out = run_cli("train.py", *finetune(work, "none", "--unlabeled", str(tmp_path / "nope.tsv")))
     assert code == 2 and out.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'nope.tsv'}")
     assert "Traceback" not in out
+
+
+def test_valid_seed_gives_every_seed_the_same_validation_reviews(work, sample_spm):
+    """--valid_seed: teachers and students of different --seed share one validation split, so a teacher ensemble
+    never trained on a student's validation reviews; without it each --seed draws its own."""
+    sp = load_vocab(sample_spm)
+
+    def valid_ids(*extra):
+        args = train.get_args(["--train", work["train"], "--test", work["test"], "--n_seq", "32", *extra])
+        train.check_args(args)
+        return [tuple(x) for x in train.load_splits(args, sp, log=lambda *a: None)[1][0]]
+
+    assert valid_ids("--seed", "1", "--valid_seed", "7") == valid_ids("--seed", "2", "--valid_seed", "7")
+    assert valid_ids("--seed", "1") != valid_ids("--seed", "2")
+    assert valid_ids("--seed", "7") == valid_ids("--seed", "1", "--valid_seed", "7")  # the default is --seed
