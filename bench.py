@@ -135,11 +135,11 @@ def describe_machine(device):
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
         return f"machine: {p.name} ({p.total_memory / 2**30:.0f} GiB), torch {torch.__version__}"
-    caps = isa_caps()
+    caps, flags = isa_caps(), cpu_flags()
     return (
         f"machine: {cpu_model()}, {os.cpu_count()} cores ({torch.get_num_threads()} threads used), "
-        f"matrix ISA {matrix_isa(cpu_flags())}" + (f" (kernels capped: {caps})" if caps else "") + ", "
-        f"bf16 {'native' if cpu_has_bf16() else 'not native: fp32'}, torch {torch.__version__}"
+        f"matrix ISA {matrix_isa(flags)}" + (f" (kernels capped: {caps})" if caps else "") + ", "
+        f"bf16 {'native' if cpu_has_bf16(flags) else 'not native: fp32'}, torch {torch.__version__}"
     )
 
 

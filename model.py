@@ -187,9 +187,7 @@ class SelfAttention(nn.Module):
         kind = attention_kind(x.device.type, self.training)
         if cls_only:
             q = self.query(x[:, :1]).view(B, 1, nh, hs).transpose(1, 2)  # (B, nh, 1, hs)
-            w = torch.cat([self.key.weight, self.value.weight])
-            b = torch.cat([self.key.bias, self.value.bias])
-            k, v = F.linear(x, w, b).view(B, T, 2, nh, hs).permute(2, 0, 3, 1, 4)
+            k, v = (proj(x).view(B, T, nh, hs).transpose(1, 2) for proj in (self.key, self.value))
         elif kind != "plain":
             # one (H -> 3H) matmul instead of three; the weights stay three HF-named Linears
             w = torch.cat([self.query.weight, self.key.weight, self.value.weight])

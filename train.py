@@ -134,7 +134,10 @@ def get_args(argv=None):
     p.add_argument("--fp32", action="store_true", help="turn off mixed precision")
     p.add_argument("--log_dir", default="runs/train", help="where log.csv, loss.svg and accuracy.svg go")
     p.add_argument("--seed", type=int, default=42)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.valid_seed is None:
+        args.valid_seed = args.seed
+    return args
 
 
 @torch.no_grad()
@@ -167,8 +170,6 @@ def evaluate(model, ids, labels, batch, n_seq, device, autocast, rank=0, world=1
 
 
 def check_args(args):
-    if args.valid_seed is None:
-        args.valid_seed = args.seed
     if args.epoch < 1 or args.batch < 1 or args.grad_accum < 1 or not 0 <= args.valid < 1 or args.batch_tokens < 0:
         raise UserError(
             "--epoch, --batch and --grad_accum must be at least 1, --batch_tokens at least 0 and --valid in [0, 1)"
@@ -274,12 +275,11 @@ def restore_state(path, args, config, fields, model, optimizer, scheduler, scale
         raise UserError(f"{path} is not a train.py training state; pass another --resume")
     if not state["epoch_step"]:
         fields.pop("global_batch")  # only the data order within an epoch depends on it
+    state.setdefault("valid_seed", state["seed"])  # a state from before --valid_seed drew its split from --seed
     for name, value in fields.items():
-        # a state from before --valid_seed drew its split from --seed
-        saved = state.get(name, state["seed"]) if name == "valid_seed" else state[name]
-        if saved != value:
+        if state[name] != value:
             raise UserError(
-                f"{path} has {name}={saved} but this run has {name}={value}; "
+                f"{path} has {name}={state[name]} but this run has {name}={value}; "
                 "run with the same options, or delete it to start afresh"
             )
     restore_training(state, model, optimizer, scheduler, scaler)

@@ -74,9 +74,10 @@ def cpu_model(path="/proc/cpuinfo"):
 def matrix_isa(flags=None):
     """The widest matrix instructions the CPU has: AMX, AVX-512, AVX2 (x86), NEON/SVE (ARM), or 'other'."""
     flags = cpu_flags() if flags is None else flags
-    for isa, flag in (("AMX", "amx_bf16"), ("AVX-512", "avx512f"), ("AVX2", "avx2"), ("SVE", "sve"), ("NEON", "asimd")):
+    for isa, flag in (("AMX", "amx_bf16"), ("AVX-512 BF16", "avx512_bf16"), ("AVX-512", "avx512f"), ("AVX2", "avx2"),
+                      ("SVE", "sve"), ("NEON", "asimd")):
         if flag in flags:
-            return isa + (" BF16" if isa == "AVX-512" and "avx512_bf16" in flags else "")
+            return isa
     return "other"
 
 
