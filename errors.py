@@ -21,12 +21,32 @@ def require_file(path, how=None):
 
 
 def main_guard(main):
-    """Run `main()`, turning UserError into one line on stderr and exit code 2."""
+    """Run `main()`, turning UserError into one line on stderr and exit code 2.
+
+    A process of a torchrun run (RANK set) ends with os._exit, skipping the interpreter's shutdown:
+    DistributedDataParallel leaves references to its gloo process group that destroy_process_group cannot drop, so
+    the group's worker threads live on into that shutdown, and one that takes the GIL there to free a tensor aborts
+    the process ("terminate called without an active exception", SIGABRT) after a run that saved everything (seen
+    once in CI; the mechanism pytorch/pytorch#179291 describes). Nothing is lost: checkpoints and logs are closed
+    files by then, stdout and stderr are flushed here, and the exit status is the one sys.exit would give."""
     try:
         main()
+        code = 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        code = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        code = 130
+    except SystemExit as e:  # argparse's usage errors, a stop signal's save-and-exit
+        if "RANK" not in os.environ:
+            raise
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+    if "RANK" in os.environ:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    if code:
+        sys.exit(code)

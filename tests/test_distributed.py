@@ -217,3 +217,26 @@ def test_sigterm_to_the_launcher_saves_then_resume(setup, long_run):
     assert int(saved[0]) == torch.load(save, weights_only=True)["step"] < 48
     torchrun("pretrain.py", pretrain_args(setup, "term", *LONG))
     assert_same_state(save, long_run)
+
+
+@pytest.mark.parametrize(("body", "code", "out", "err"), [
+    ("print('saved', end='')", 0, "saved", ""),
+    ("raise UserError('bad --input')", 2, "", "error: bad --input"),
+    ("print('saved', end=''); sys.exit(143)", 143, "saved", ""),
+])
+def test_a_torchrun_worker_exits_with_its_status_and_output_but_skips_interpreter_shutdown(body, code, out, err):
+    """Under torchrun (RANK set) main_guard ends the process with os._exit, so gloo's threads never meet the
+    interpreter's shutdown (an atexit handler, run by that shutdown, stays silent); the exit status and the buffered
+    output of the run are kept."""
+    script = (
+        "import atexit, sys\nfrom errors import UserError, main_guard\n"
+        "atexit.register(lambda: print('interpreter shutdown', file=sys.stderr))\n"
+        f"def main():\n    {body}\nmain_guard(main)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "RANK": "1"}, check=False)
+    assert (p.returncode, p.stdout, p.stderr.strip()) == (code, out, err)
+    alone = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                           env={k: v for k, v in os.environ.items() if k != "RANK"}, check=False)
+    assert (alone.returncode, alone.stdout) == (code, out)
+    assert alone.stderr.strip().endswith("interpreter shutdown")  # without RANK the usual shutdown runs
