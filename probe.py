@@ -1,15 +1,17 @@
 """Does a checkpoint use its context, and the order of its words? Evaluate it on text as it is, with each
 segment's pieces shuffled, and (masked LM) with all context replaced by random pieces.
 
-    python probe.py --pretrain save_pretrain.pth --input heldout.json --vocab kowiki.model   # masked LM
+    python probe.py --pretrain save_pretrain.pth --input heldout.json --vocab kowiki.model   # masked LM or ELECTRA
     python probe.py --save save_best.pth --test data/ratings_test.txt --vocab kowiki.model   # NSMC classifier
 
 Masked LM: held-out loss and accuracy of data.py instances (text the model was not pretrained on) as they
 are; with the pieces inside `[CLS] A [SEP]` and `B [SEP]` shuffled (each masked piece moves with its
 target); and with every piece that is neither a target nor [CLS]/[SEP] replaced by a random one. A model
 that has learned only the unigram distribution scores the same on all three; one that uses context but
-not order scores the same as is and shuffled. Classifier: test accuracy as is and with each review's
-pieces shuffled. Everything is seeded, so a rerun prints the same figures.
+not order scores the same as is and shuffled. An ELECTRA checkpoint (`pretrain.py --objective electra`) is
+probed the same way: its generator's masked-LM loss and accuracy, and its discriminator's accuracy at telling
+the generator's replacements from the original pieces (on every real token). Classifier: test accuracy as is
+and with each review's pieces shuffled. Everything is seeded, so a rerun prints the same figures.
 """
 
 import argparse
@@ -20,7 +22,7 @@ import torch
 
 from checkpoint import check_config, load_checkpoint
 from errors import UserError, main_guard, require_file
-from model import BertConfig, BertForPreTraining, BertForSequenceClassification
+from model import BertConfig, BertForPreTraining, BertForSequenceClassification, ElectraForPreTraining, generator_config
 from nsmc import encode_reviews, read_nsmc
 from store import PretrainStore
 from training import mixed_precision
@@ -89,10 +91,16 @@ def get_args(argv=None):
 
 
 def load_model(path, cls, sp, hint):
+    """-> the model of checkpoint `path`: cls, or ElectraForPreTraining for an ELECTRA pretraining checkpoint (its
+    generator's size read from its weights: kept --keep_steps checkpoints do not store the generator's config)."""
     state = load_checkpoint(path, hint)
     config = BertConfig.from_dict(state["config"], vocab_size=sp.get_piece_size())
     check_config(state, config, path)  # the vocab size alone can differ
-    model = cls(config)
+    project = state["model"].get("generator.embeddings_project.weight")
+    if cls is BertForPreTraining and state.get("objective") == "electra" and project is not None:
+        model = ElectraForPreTraining(config, generator_config(config, project.shape[0] / config.hidden_size))
+    else:
+        model = cls(config)
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     if unexpected or (missing and cls is BertForSequenceClassification):
         raise UserError(
@@ -112,10 +120,16 @@ def main(argv=None):
 
         model = load_model(args.pretrain, BertForPreTraining, sp, "pass a pretrain.py checkpoint").to(device)
         data = check_fits(PretrainStore(args.input), args.input, model.config, args.pretrain, args.vocab)
+        electra = isinstance(model, ElectraForPreTraining)
         for mode in ("as is", "shuffled", "no context"):
             d = data if mode == "as is" else Probed(data, mode, sp.get_piece_size(), args.seed)
-            r = evaluate(model, d, args.batch, device, autocast)
-            rows.append((mode, f"masked-LM loss {r['mlm_loss']:.4f}", f"accuracy {r['mlm_acc']:.4f}"))
+            if electra:
+                r = evaluate(model, d, args.batch, device, autocast, "electra")
+                rows.append((mode, f"generator masked-LM loss {r['gen_loss']:.4f}", f"accuracy {r['gen_acc']:.4f}",
+                             f"discriminator accuracy {r['disc_acc']:.4f}"))
+            else:
+                r = evaluate(model, d, args.batch, device, autocast)
+                rows.append((mode, f"masked-LM loss {r['mlm_loss']:.4f}", f"accuracy {r['mlm_acc']:.4f}"))
         what = f"{args.pretrain} on {len(data):,} instances of {args.input}"
     else:
         from train import evaluate

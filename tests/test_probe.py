@@ -12,8 +12,9 @@ import pretrain
 import probe
 from checkpoint import save_checkpoint
 from errors import UserError
-from model import BertConfig, BertForPreTraining, BertForSequenceClassification
+from model import BertConfig, BertForPreTraining, BertForSequenceClassification, ElectraForPreTraining, generator_config
 from store import PretrainStore
+from training import mixed_precision
 from vocab import CLS_ID, SEP_ID
 
 MICRO = {
@@ -83,9 +84,9 @@ def test_cli_prints_each_probe_and_rejects_the_wrong_checkpoint(sample_spm, tmp_
         "shuffled",
         "no context",
     ]
-    bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
+    autocast = mixed_precision(torch.device("cpu"))[0]  # probe.py's: bf16 where native, fp32 elsewhere
     model = probe.load_model(pre, BertForPreTraining, probe.load_vocab(sample_spm), "")
-    expected = pretrain.evaluate(model, PretrainStore(instances), 8, torch.device("cpu"), bf16)["mlm_loss"]
+    expected = pretrain.evaluate(model, PretrainStore(instances), 8, torch.device("cpu"), autocast)["mlm_loss"]
     assert f"masked-LM loss {expected:.4f}" in out[1]
 
     test = os.path.join(ROOT, "data", "sample", "ratings_test.txt")
@@ -102,3 +103,28 @@ def test_cli_prints_each_probe_and_rejects_the_wrong_checkpoint(sample_spm, tmp_
         probe.main(["--save", pre, "--test", test, "--vocab", sample_spm])
     with pytest.raises(SystemExit):
         probe.main(["--pretrain", pre, "--vocab", sample_spm])  # no --input
+
+
+def test_an_electra_checkpoint_is_probed_with_its_generator_and_discriminator(sample_spm, tmp_path, capsys):
+    """An ELECTRA pretraining checkpoint (a kept one: no generator config stored) is probed with its own generator,
+    sized from its weights; the printed figures are pretrain.evaluate's with --objective electra. A classifier
+    probe of it is refused, as for a masked-LM checkpoint."""
+    instances = write_instances(tmp_path / "inst.json", 40)
+    torch.manual_seed(0)
+    config = BertConfig.from_dict(MICRO)
+    electra = ElectraForPreTraining(config, generator_config(config, 0.5))  # generator hidden 16
+    path = str(tmp_path / "electra.pth")
+    save_checkpoint(path, {"model": electra.state_dict(), "config": config.to_dict(),
+                           "vocab_size": config.vocab_size, "objective": "electra", "step": 1})
+    probe.main(["--pretrain", path, "--input", instances, "--vocab", sample_spm, "--batch", "8"])
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0].strip() for line in out[1:]] == ["as is", "shuffled", "no context"]
+    model = probe.load_model(path, BertForPreTraining, probe.load_vocab(sample_spm), "")
+    assert isinstance(model, ElectraForPreTraining) and model.gen_config.hidden_size == 16
+    autocast = mixed_precision(torch.device("cpu"))[0]
+    expected = pretrain.evaluate(model, PretrainStore(instances), 8, torch.device("cpu"), autocast, "electra")
+    assert f"generator masked-LM loss {expected['gen_loss']:.4f}" in out[1]
+    assert f"discriminator accuracy {expected['disc_acc']:.4f}" in out[1]
+    with pytest.raises(UserError, match="not a train.py checkpoint"):
+        probe.main(["--save", path, "--test", os.path.join(ROOT, "data", "sample", "ratings_test.txt"),
+                    "--vocab", sample_spm])
