@@ -29,6 +29,7 @@ def main_guard(main):
     the process ("terminate called without an active exception", SIGABRT) after a run that saved everything (seen
     once in CI; the mechanism pytorch/pytorch#179291 describes). Nothing is lost: checkpoints and logs are closed
     files by then, stdout and stderr are flushed here, and the exit status is the one sys.exit would give."""
+    distributed = "RANK" in os.environ  # the condition training.setup_distributed starts a process group on
     try:
         main()
         code = 0
@@ -39,12 +40,12 @@ def main_guard(main):
         print("interrupted", file=sys.stderr)
         code = 130
     except SystemExit as e:  # argparse's usage errors, a stop signal's save-and-exit
-        if "RANK" not in os.environ:
+        if not distributed:
             raise
         code = e.code if isinstance(e.code, int) else int(e.code is not None)
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)
-    if "RANK" in os.environ:
+    if distributed:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

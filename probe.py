@@ -120,15 +120,14 @@ def main(argv=None):
 
         model = load_model(args.pretrain, BertForPreTraining, sp, "pass a pretrain.py checkpoint").to(device)
         data = check_fits(PretrainStore(args.input), args.input, model.config, args.pretrain, args.vocab)
-        electra = isinstance(model, ElectraForPreTraining)
+        objective = "electra" if isinstance(model, ElectraForPreTraining) else "mlm"
         for mode in ("as is", "shuffled", "no context"):
             d = data if mode == "as is" else Probed(data, mode, sp.get_piece_size(), args.seed)
-            if electra:
-                r = evaluate(model, d, args.batch, device, autocast, "electra")
+            r = evaluate(model, d, args.batch, device, autocast, objective)
+            if objective == "electra":
                 rows.append((mode, f"generator masked-LM loss {r['gen_loss']:.4f}", f"accuracy {r['gen_acc']:.4f}",
                              f"discriminator accuracy {r['disc_acc']:.4f}"))
             else:
-                r = evaluate(model, d, args.batch, device, autocast)
                 rows.append((mode, f"masked-LM loss {r['mlm_loss']:.4f}", f"accuracy {r['mlm_acc']:.4f}"))
         what = f"{args.pretrain} on {len(data):,} instances of {args.input}"
     else:
