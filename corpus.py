@@ -16,7 +16,6 @@ The format is detected per file: WikiExtractor when its first non-empty line sta
 
 import bz2
 import gzip
-import io
 import itertools
 import lzma
 import os
@@ -67,10 +66,8 @@ def iter_documents(path):
 def _iter_documents(path):
     for file in iter_files(path):
         try:
-            with open_text(file) as f:
-                yield from documents_in(f)
-        except UnicodeDecodeError as e:
-            raise UserError(f"{file} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+            with open_binary(file) as f:
+                yield from documents_in(text_lines(f, file))
         except (EOFError, lzma.LZMAError, OSError) as e:
             raise UserError(f"cannot read {file}: {e}") from None
 
@@ -86,12 +83,22 @@ def iter_files(path):
                 yield os.path.join(root, name)
 
 
-def open_text(path):
-    # utf-8-sig: a byte-order mark must not hide a leading "<doc " from format detection.
-    opener = OPENERS.get(os.path.splitext(path)[1])
-    if opener is None:
-        return open(path, encoding="utf-8-sig")
-    return io.TextIOWrapper(opener(path, "rb"), encoding="utf-8-sig")
+def open_binary(path):
+    return OPENERS.get(os.path.splitext(path)[1], open)(path, "rb")
+
+
+def text_lines(f, path):
+    """The lines of the binary file f as text, decoded one by one so that a byte that is not UTF-8 is named by
+    its line. A byte-order mark must not hide a leading "<doc " from format detection: it is dropped."""
+    for n, raw in enumerate(f, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(
+                f"{path} is not UTF-8 text: line {n}, byte {e.start + 1} of the line ({e.reason}); convert it, "
+                f"e.g. `iconv -f cp949 -t utf-8`"
+            ) from None
+        yield line[1:] if n == 1 and line.startswith("\ufeff") else line
 
 
 def documents_in(lines):

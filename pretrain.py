@@ -16,6 +16,7 @@ exactly there. SIGINT/SIGTERM save and exit. Logs MLM loss/accuracy and NSP accu
 """
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -98,7 +99,9 @@ def get_args(argv=None):
         "--grad_accum",
         type=int,
         default=1,
-        help="micro-batches per optimizer step (effective batch: batch x grad_accum x processes)",
+        help="micro-batches per optimizer step (effective batch: batch x grad_accum x processes); they are cut "
+        "from the step's instances sorted by length, so short instances (one review each) pad less: the same "
+        "step for less work",
     )
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--warmup", type=float, default=0.01, help="warmup steps, as a fraction of all steps")
@@ -434,6 +437,10 @@ def main(argv=None):
             })
 
     # the loop: steps over a fresh permutation every epoch; log rows, held-out evaluation and saves along the way
+    # micro-batches cut from a step's instances sorted by length pad less; padded to multiples of 16
+    sizes = data.lengths()
+    lengths = sizes if args.grad_accum > 1 else None
+    collate = functools.partial(collate_pretrain, max_len=int(sizes.max()))
     stop = StopSignal()
     loader_gen = torch.Generator()  # the DataLoader seeds its workers from this, not from the RNG dropout uses
     model.train()
@@ -448,9 +455,9 @@ def main(argv=None):
             batches = epoch_batches(len(data), args.seed, epoch, global_batch, min_size)
             if args.dynamic_mask:
                 data.epoch = epoch  # before the DataLoader copies the dataset into its workers
-            micro = [mb for b in batches[epoch_step:] for mb in split_step(b, rank, world, args.grad_accum)]
+            micro = [mb for b in batches[epoch_step:] for mb in split_step(b, rank, world, args.grad_accum, lengths)]
             loader = torch.utils.data.DataLoader(
-                data, batch_sampler=micro, collate_fn=collate_pretrain, num_workers=args.workers,
+                data, batch_sampler=micro, collate_fn=collate, num_workers=args.workers,
                 pin_memory=device.type == "cuda", generator=loader_gen, worker_init_fn=ignore_sigint,
             )
             it = iter(loader)

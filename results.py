@@ -87,6 +87,13 @@ def get_args(argv=None):
         help="pretrain.py --objective: masked LM + NSP, or ELECTRA's replaced-token detection (one per --out)",
     )
     p.add_argument("--pretrain_batch", type=int, default=64)
+    p.add_argument(
+        "--pretrain_accum",
+        type=int,
+        default=1,
+        help="cut each pretraining step's --pretrain_batch instances, sorted by length, into this many "
+        "micro-batches (pretrain.py --grad_accum): the same steps, less padding with one review to an instance",
+    )
     p.add_argument("--pretrain_lr", type=float, default=5e-4)
     p.add_argument("--pretrain_warmup", type=float, default=0.06)
     p.add_argument(
@@ -227,6 +234,10 @@ def finetune(cmd, prefix, row, lr, batch, seed):
 
 def main(argv=None):
     args = get_args(argv)
+    if args.pretrain_accum < 1 or args.pretrain_batch % args.pretrain_accum:
+        raise UserError(
+            f"--pretrain_accum must divide --pretrain_batch ({args.pretrain_batch}), got {args.pretrain_accum}"
+        )
     for path in (args.wiki, args.train, args.test, args.config):
         require_file(path, "see README (pipeline on real data) or pass --wiki/--train/--test")
     py, out = sys.executable, args.out
@@ -367,7 +378,7 @@ def main(argv=None):
                 "--max_steps",
                 str(steps),
                 "--batch",
-                str(args.pretrain_batch),
+                str(args.pretrain_batch // args.pretrain_accum),
                 "--lr",
                 str(args.pretrain_lr),
                 "--warmup",
@@ -377,6 +388,7 @@ def main(argv=None):
                 "--seed",
                 "42",
             ]
+            cmd += ["--grad_accum", str(args.pretrain_accum)] if args.pretrain_accum > 1 else []
             cmd += ["--pretrain", init] if init else []
             cmd += ["--objective", args.objective] if args.objective != "mlm" else []
             cmd += ["--dynamic_mask"] if args.dynamic_mask else []

@@ -193,6 +193,10 @@ class PretrainStore(torch.utils.data.Dataset):
     def __len__(self):
         return self.n
 
+    def lengths(self):
+        """Every instance's length in tokens (an array of n)."""
+        return np.diff(np.fromfile(os.path.join(self.cache_dir, "tok_off.bin"), dtype=ARRAYS["tok_off"]))
+
     def __getitem__(self, i):
         if self.arrays is None:
             self._map()
@@ -228,6 +232,9 @@ class DynamicMasking(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.data)
 
+    def lengths(self):
+        return self.data.lengths()  # masking leaves lengths alone
+
     def __getitem__(self, i):
         tokens, len_a, is_next, pos, label = self.data[i]
         tokens[pos] = label  # the text as it was before data.py masked it
@@ -246,10 +253,16 @@ class DynamicMasking(torch.utils.data.Dataset):
         )
 
 
-def collate_pretrain(batch):
-    """Pad a list of instances to the longest in the batch; labels of padded mask slots are -100 (ignored)."""
+def collate_pretrain(batch, max_len=None):
+    """Pad a list of instances to the longest in the batch, rounded up to a multiple of 16 within max_len (the
+    longest instance of the data; no rounding when None); labels of padded mask slots are -100 (ignored).
+
+    The rounding keeps the number of batch shapes small (the CPU's bf16 kernels are built and cached per shape)
+    when micro-batches of sorted instances each have their own length."""
     B = len(batch)
     T = max(len(b[0]) for b in batch)
+    if max_len:
+        T = min(-(-T // 16) * 16, max(T, max_len))
     P = max(1, max(len(b[3]) for b in batch))
     input_ids = torch.zeros(B, T, dtype=torch.long)
     token_type_ids = torch.zeros(B, T, dtype=torch.long)

@@ -112,8 +112,8 @@ def test_unreadable_files_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="bad.txt.xz"):
         list(iter_documents(str(bad_xz)))
     latin1 = tmp_path / "latin1.txt"
-    latin1.write_bytes("caf\xe9\n".encode("latin-1"))
-    with pytest.raises(UserError, match="latin1.txt is not UTF-8"):
+    latin1.write_bytes("첫 줄\n\n".encode() + "caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1.txt is not UTF-8 text: line 3, byte 4 of the line .*iconv"):
         list(iter_documents(str(latin1)))
 
 

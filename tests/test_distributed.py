@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -16,6 +17,8 @@ from conftest import MICRO0, ROOT, assert_same_state, micro_setup, nsmc_head, re
 
 import pretrain
 import train
+from store import collate_pretrain
+from training import split_step
 
 pytestmark = [
     pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo"),
@@ -57,11 +60,14 @@ def pretrain_args(s, name, *extra):
     ]
 
 
-def test_pretrain_two_processes_match_one(setup):
+def test_pretrain_two_processes_match_one(setup, monkeypatch):
     out = torchrun("pretrain.py", pretrain_args(setup, "two", "--batch", "4"))
     assert "effective batch 8 (4 x 1 micro-batches x 2 processes)" in out and out.count("model:") == 1  # rank 0 prints
     pretrain.main(pretrain_args(setup, "one", "--batch", "8"))
+    cuts = []  # the micro-batches of --grad_accum 2, cut from each step sorted by length (instances of 8-25 tokens)
+    monkeypatch.setattr(pretrain, "split_step", lambda *a: cuts.append(a[-1] is not None) or split_step(*a))
     pretrain.main(pretrain_args(setup, "accum", "--batch", "4", "--grad_accum", "2"))
+    assert cuts and all(cuts)
     one = read_log(setup["dir"] / "one" / "log.csv")
     assert len(one) == 12  # 48 instances / 8 per step x 2 epochs
     for name in ("two", "accum"):
@@ -70,6 +76,23 @@ def test_pretrain_two_processes_match_one(setup):
         for col in ("mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc"):
             assert [float(r[col]) for r in rows] == pytest.approx([float(r[col]) for r in one], rel=1e-5), (name, col)
         assert_close_weights(setup["dir"] / f"{name}.pth", setup["dir"] / "one.pth")
+
+
+def test_micro_batches_are_cut_from_the_step_sorted_by_length_and_padded_to_multiples_of_16():
+    lengths = np.array([30, 5, 18, 9, 40, 3, 22, 12])
+    step = [4, 0, 7, 1, 6, 2, 5, 3]
+    assert split_step(step, 0, 1, 2) == [[4, 0, 7, 1], [6, 2, 5, 3]]  # no lengths: the order kept
+    assert split_step(step, 0, 1, 2, lengths) == [[5, 1, 3, 7], [2, 6, 0, 4]]  # 3 5 9 12 | 18 22 30 40
+    # two processes: rank r takes items r::2 of the step, then sorts its own share
+    assert split_step(step, 0, 2, 2, lengths) == [[5, 7], [6, 4]] and split_step(step, 1, 2, 2, lengths) == [
+        [1, 3],
+        [2, 0],
+    ]
+    store = [(np.arange(n) + 5, 1, 0, np.array([1]), np.array([9])) for n in (5, 9)]
+    assert collate_pretrain(store)["input_ids"].shape == (2, 9)  # no max_len: the longest
+    batch = collate_pretrain(store, max_len=25)
+    assert batch["input_ids"].shape == (2, 16) and batch["attention_mask"].sum().item() == 14
+    assert collate_pretrain(store, max_len=12)["input_ids"].shape == (2, 12)  # not past the data's longest
 
 
 def test_pretrain_two_processes_killed_in_a_save_then_resumed_by_one(setup):
