@@ -17,7 +17,7 @@ from conftest import MICRO0, ROOT, assert_same_state, micro_setup, nsmc_head, re
 
 import pretrain
 import train
-from store import collate_pretrain
+from store import PretrainStore, collate_pretrain
 from training import split_step
 
 pytestmark = [
@@ -93,6 +93,13 @@ def test_micro_batches_are_cut_from_the_step_sorted_by_length_and_padded_to_mult
     batch = collate_pretrain(store, max_len=25)
     assert batch["input_ids"].shape == (2, 16) and batch["attention_mask"].sum().item() == 14
     assert collate_pretrain(store, max_len=12)["input_ids"].shape == (2, 12)  # not past the data's longest
+
+
+def test_the_store_gives_every_instance_length_read_a_chunk_at_a_time(setup):
+    store = PretrainStore(setup["instances"])
+    want = [len(store[i][0]) for i in range(len(store))]
+    assert len(set(want)) > 3  # instances of 8-25 tokens
+    assert store.lengths().tolist() == store.lengths(chunk=5).tolist() == want
 
 
 def test_pretrain_two_processes_killed_in_a_save_then_resumed_by_one(setup):
