@@ -7,6 +7,7 @@ import pandas as pd
 import torch
 
 from errors import UserError, require_file
+from training import padded_length
 from vocab import CLS_ID, SEP_ID
 
 LABELS = ("negative", "positive")  # label 0 and 1, as predict.py prints them
@@ -56,11 +57,6 @@ def length_batches(lengths, batch, rng, pool=50):
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
         batches += [chunk[j : j + batch] for j in range(0, len(chunk), batch)]
     return [batches[k] for k in rng.permutation(len(batches))]
-
-
-def padded_length(longest, n_seq=None):
-    """collate_reviews' padded length for a batch whose longest review has `longest` tokens."""
-    return min(-(-longest // 16) * 16, max(longest, n_seq)) if n_seq else longest
 
 
 def token_split(idx, lengths, max_tokens, n_seq=None):

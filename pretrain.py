@@ -438,9 +438,8 @@ def main(argv=None):
 
     # the loop: steps over a fresh permutation every epoch; log rows, held-out evaluation and saves along the way
     # micro-batches cut from a step's instances sorted by length pad less; padded to multiples of 16
-    sizes = data.lengths()
-    lengths = sizes if args.grad_accum > 1 else None
-    collate = functools.partial(collate_pretrain, max_len=int(sizes.max()))
+    lengths = data.lengths() if args.grad_accum > 1 else None
+    collate = functools.partial(collate_pretrain, max_len=data.max_len)
     stop = StopSignal()
     loader_gen = torch.Generator()  # the DataLoader seeds its workers from this, not from the RNG dropout uses
     model.train()

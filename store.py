@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from data import create_masked_lm_predictions
 from errors import UserError, require_file
+from training import padded_length
 
 ARRAYS = {
     "tokens": np.uint16,
@@ -233,6 +234,7 @@ class DynamicMasking(torch.utils.data.Dataset):
             seed,
         )
         self.epoch = 0
+        self.max_len = data.max_len
 
     def __len__(self):
         return len(self.data)
@@ -262,12 +264,10 @@ def collate_pretrain(batch, max_len=None):
     """Pad a list of instances to the longest in the batch, rounded up to a multiple of 16 within max_len (the
     longest instance of the data; no rounding when None); labels of padded mask slots are -100 (ignored).
 
-    The rounding keeps the number of batch shapes small (the CPU's bf16 kernels are built and cached per shape)
-    when micro-batches of sorted instances each have their own length."""
+    The rounding (training.padded_length, as train.py's) keeps the number of batch shapes small when
+    micro-batches of sorted instances each have their own length."""
     B = len(batch)
-    T = max(len(b[0]) for b in batch)
-    if max_len:
-        T = min(-(-T // 16) * 16, max(T, max_len))
+    T = padded_length(max(len(b[0]) for b in batch), max_len)
     P = max(1, max(len(b[3]) for b in batch))
     input_ids = torch.zeros(B, T, dtype=torch.long)
     token_type_ids = torch.zeros(B, T, dtype=torch.long)

@@ -123,6 +123,13 @@ def release_free_memory():
         pass
 
 
+def padded_length(longest, n_seq=None):
+    """The padded length of a batch whose longest item has `longest` tokens: rounded up to a multiple of 16 within
+    n_seq (the longest allowed), so that a run meets few batch shapes (the CPU's bf16 kernels are built and cached
+    per shape); `longest` itself when n_seq is None."""
+    return min(-(-longest // 16) * 16, max(longest, n_seq)) if n_seq else longest
+
+
 def linear_warmup_decay(step, warmup_steps, total_steps):
     """LR multiplier: 0 -> 1 over warmup_steps, then linearly down to 0 at total_steps."""
     if step < warmup_steps:
