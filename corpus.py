@@ -83,6 +83,11 @@ def iter_files(path):
                 yield os.path.join(root, name)
 
 
+def collapse(text):
+    """A review as reviews are compared (test-set leak checks) and written: runs of whitespace one space."""
+    return " ".join(text.split())
+
+
 def open_binary(path):
     return OPENERS.get(os.path.splitext(path)[1], open)(path, "rb")
 

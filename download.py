@@ -37,6 +37,7 @@ from mwparserfromhell.wikicode import Wikicode
 from tqdm import tqdm
 
 import errors
+from corpus import collapse
 
 NSMC_URL = "https://raw.githubusercontent.com/e9t/nsmc/master/"
 NSMC_FILES = ["ratings_train.txt", "ratings_test.txt"]
@@ -290,11 +291,6 @@ def convert_dump(dump_path, out_dir, max_articles=None, workers=1):
     """Convert a pages-articles .xml.bz2 dump into WikiExtractor-style text in out_dir; returns (articles, files)."""
     errors.require_file(dump_path)
     return write_split(_docs(dump_path, max_articles, workers), out_dir)
-
-
-def collapse(text):
-    """A review as it is compared and written: runs of whitespace (newlines, tabs, U+3000 ...) one space."""
-    return " ".join(text.split())
 
 
 def read_excluded(path, nsmc_only=False):

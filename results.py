@@ -10,6 +10,11 @@ The rows:
     wiki P + nsmc T  then T more steps on the NSMC *training* reviews (task-adaptive pretraining; test text never)
     nsmc T           the same T steps on the NSMC training reviews alone, from random weights (--tapt_alone)
 
+`--tapt_text FILE` pretrains those T steps on other reviews instead of the training reviews, one review to a
+line (plain, .gz or .xz), e.g. the unlabeled crawl reviews of `download.py --what reviews`; the rows are then
+`wiki P + reviews T` and `reviews T`. A line of the file that is a review of --test (whitespace collapsed)
+stops the run before any work: the test reviews never pretrain.
+
 The vocabulary is learned from the Wikipedia text (--vocab_text wiki), the NSMC training reviews (nsmc) or
 both; everything in --out belongs to that vocabulary, so each choice needs its own --out. `--objective electra`
 pretrains every row with ELECTRA's replaced-token detection instead of masked LM + NSP (its own --out too).
@@ -38,6 +43,7 @@ import sys
 
 import numpy as np
 
+from corpus import collapse, open_binary, text_lines
 from errors import UserError, main_guard, require_file
 from nsmc import read_nsmc
 from training import cpu_has_bf16, get_device
@@ -79,6 +85,12 @@ def get_args(argv=None):
         default=10,
         help="NSMC training reviews per data.py document (instances are cut "
         "from one document, so small documents leave short, padded instances)",
+    )
+    p.add_argument(
+        "--tapt_text",
+        default=None,
+        help="pretrain the T steps on these reviews (one a line, e.g. download.py --what reviews) instead of "
+        "the NSMC training reviews; rows `reviews T`, `wiki P + reviews T`",
     )
     p.add_argument(
         "--objective",
@@ -206,6 +218,26 @@ def nsmc_text(train, path, per_doc=10):
     return path
 
 
+def reviews_text(path, test, out_path, per_doc=10):
+    """The reviews of `path` (one a line; plain, .gz or .xz) as text for data.py, `per_doc` reviews per document,
+    written once; a review of the NSMC file `test` among them is a UserError. -> out_path"""
+    if os.path.exists(out_path):
+        return out_path
+    require_file(path, "make it with `python download.py --what reviews`")
+    test_texts = {collapse(t) for t in read_nsmc(test)[0] if t.strip()}
+    with open_binary(path) as f:
+        reviews = [r for r in map(collapse, text_lines(f, path)) if r]
+    if leaked := [n for n, r in enumerate(reviews, 1) if r in test_texts]:
+        raise UserError(
+            f"{len(leaked)} reviews of {path} are reviews of {test} (non-empty line {leaked[0]} first); the test "
+            "reviews must not pretrain: drop them (download.py --what reviews does)"
+        )
+    print(f"{path}: {len(reviews)} reviews, none of them a review of {test}", flush=True)
+    with replacing(out_path, encoding="utf-8") as f:
+        f.writelines("\n".join(reviews[i : i + per_doc]) + "\n\n" for i in range(0, len(reviews), per_doc))
+    return out_path
+
+
 def finetune(cmd, prefix, row, lr, batch, seed):
     """One train.py run (skipped when done) -> `row` plus its best-on-validation epoch's figures."""
     tag = f"{prefix}_lr{lr}_b{batch}_s{seed}"
@@ -254,18 +286,20 @@ def main(argv=None):
         raise UserError(f"{out} holds {other[0]}.model, made with another --vocab_text; pass another --out")
     common = ["--config", args.config, "--vocab", vocab] + (["--gpu", str(args.gpu)] if args.gpu is not None else [])
 
+    tapt = "reviews" if args.tapt_text else "nsmc"  # the second stage's text: other reviews or the training ones
     wiki_data, tapt_data = (
         f"{out}/wiki{args.n_seq}.json",
-        f"{out}/nsmc{args.n_seq}_doc{args.tapt_doc}_dupe{args.tapt_dupe}.json",
+        f"{out}/{tapt}{args.n_seq}_doc{args.tapt_doc}_dupe{args.tapt_dupe}.json",
     )
+    tapt_desc = f"{os.path.basename(args.tapt_text)} reviews" if args.tapt_text else "NSMC train text"
     # the pretraining runs: name -> (instances, steps, starting weights, weights kept at these steps)
     pretrain_runs = {}
     if wiki_steps:
         pretrain_runs["wiki"] = (wiki_data, wiki_steps[-1], None, wiki_steps[:-1])
     if args.tapt_steps and wiki_steps:
-        pretrain_runs["wiki+nsmc"] = (tapt_data, args.tapt_steps, f"{out}/wiki.pth", [])
+        pretrain_runs[f"wiki+{tapt}"] = (tapt_data, args.tapt_steps, f"{out}/wiki.pth", [])
     if args.tapt_steps and (args.tapt_alone or not wiki_steps):
-        pretrain_runs["nsmc"] = (tapt_data, args.tapt_steps, None, [])
+        pretrain_runs[tapt] = (tapt_data, args.tapt_steps, None, [])
     # rows: name -> (pretraining description, checkpoint or None, [(pretraining run, steps of it)])
     rows = {"none": ("none", None, [])}
     how = "ELECTRA, " if args.objective == "electra" else ""  # the pretraining column says which objective
@@ -275,17 +309,17 @@ def main(argv=None):
             f"{out}/wiki.pth" if p == wiki_steps[-1] else f"{out}/wiki_step{p}.pth",
             [("wiki", p)],
         )
-    if "wiki+nsmc" in pretrain_runs:
-        rows[f"wiki {wiki_steps[-1]} + nsmc {args.tapt_steps}"] = (
-            f"{how}wiki {wiki_steps[-1]} + NSMC train text {args.tapt_steps} steps",
-            f"{out}/wiki+nsmc.pth",
-            [("wiki", wiki_steps[-1]), ("wiki+nsmc", args.tapt_steps)],
+    if f"wiki+{tapt}" in pretrain_runs:
+        rows[f"wiki {wiki_steps[-1]} + {tapt} {args.tapt_steps}"] = (
+            f"{how}wiki {wiki_steps[-1]} + {tapt_desc} {args.tapt_steps} steps",
+            f"{out}/wiki+{tapt}.pth",
+            [("wiki", wiki_steps[-1]), (f"wiki+{tapt}", args.tapt_steps)],
         )
-    if "nsmc" in pretrain_runs:
-        rows[f"nsmc {args.tapt_steps}"] = (
-            f"{how}NSMC train text {args.tapt_steps} steps",
-            f"{out}/nsmc.pth",
-            [("nsmc", args.tapt_steps)],
+    if tapt in pretrain_runs:
+        rows[f"{tapt} {args.tapt_steps}"] = (
+            f"{how}{tapt_desc} {args.tapt_steps} steps",
+            f"{out}/{tapt}.pth",
+            [(tapt, args.tapt_steps)],
         )
     all_rows = list(rows)
     if args.rows:
@@ -308,6 +342,9 @@ def main(argv=None):
     # 1. vocabulary and pretraining instances (only what the rows need)
     turn = take_turn(out, "vocabulary and instances")
     nsmc_txt = f"{out}/nsmc_train_doc{args.tapt_doc}.txt"  # written when the vocab or the TAPT instances need it
+    make_tapt = needed & {f"wiki+{tapt}", tapt} and not os.path.exists(tapt_data)
+    if make_tapt and args.tapt_text:  # first: a test review among them stops the run before any work
+        tapt_txt = reviews_text(args.tapt_text, args.test, f"{out}/reviews_doc{args.tapt_doc}.txt", args.tapt_doc)
     if not os.path.exists(vocab):
         text = [args.wiki] if args.vocab_text != "nsmc" else []
         text += [nsmc_text(args.train, nsmc_txt, args.tapt_doc)] if args.vocab_text != "wiki" else []
@@ -315,7 +352,7 @@ def main(argv=None):
             [py, "vocab.py", "--input", *text, "--prefix", prefix, "--vocab_size", str(args.vocab_size)],
             f"{out}/vocab.log",
         )
-    if needed & {"wiki", "wiki+nsmc"} and not os.path.exists(wiki_data):
+    if needed & {"wiki", f"wiki+{tapt}"} and not os.path.exists(wiki_data):
         run(
             [
                 py,
@@ -332,13 +369,13 @@ def main(argv=None):
             f"{out}/data_wiki.log",
         )
         os.replace(wiki_data + ".part", wiki_data)
-    if needed & {"wiki+nsmc", "nsmc"} and not os.path.exists(tapt_data):
+    if make_tapt:
         run(
             [
                 py,
                 "data.py",
                 "--input",
-                nsmc_text(args.train, nsmc_txt, args.tapt_doc),
+                tapt_txt if args.tapt_text else nsmc_text(args.train, nsmc_txt, args.tapt_doc),
                 "--vocab",
                 vocab,
                 "--output",
@@ -348,7 +385,7 @@ def main(argv=None):
                 "--dupe_factor",
                 str(args.tapt_dupe),
             ],
-            f"{out}/data_nsmc.log",
+            f"{out}/data_{tapt}.log",
         )
         os.replace(tapt_data + ".part", tapt_data)
 

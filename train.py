@@ -41,6 +41,7 @@ from checkpoint import (
     restore_training,
     save_checkpoint,
 )
+from corpus import collapse
 from errors import UserError, main_guard, require_file
 from model import BertConfig, BertForSequenceClassification, configure_optimizer, count_parameters
 from nsmc import LABELS, collate_reviews, encode_reviews, length_batches, read_nsmc, token_split
@@ -179,10 +180,6 @@ def check_args(args):
     require_file(args.config, "pass --config config_half.json or config.json")
     if args.unlabeled:
         require_file(args.unlabeled, "make it with `python predict.py --input REVIEWS --save MODEL > FILE`")
-
-
-def collapse(text):
-    return " ".join(text.split())
 
 
 def read_teacher(path, limit=0):

@@ -277,3 +277,41 @@ def test_results_with_electra_pretraining(tmp_path):
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == (
         f"error: {out} holds checkpoints pretrained with --objective electra; pass another --out"
     )
+
+
+def test_results_pretrains_on_other_reviews_never_on_a_test_review(tmp_path):
+    """--tapt_text: the second stage's instances come from that file's reviews (read from .xz, whitespace
+    collapsed, --tapt_doc to a document), the rows are `reviews T`; a test review in it stops the run first."""
+    import lzma
+
+    out = tmp_path / "out"
+    with open(os.path.join(SAMPLE, "ratings_train.txt"), encoding="utf-8") as f:
+        others = [line.split("\t")[1] for line in list(f)[401:521]]  # not among the 300 training reviews below
+    others = [r for r in others if r.strip()]
+    reviews = tmp_path / "reviews.txt.xz"
+    with lzma.open(reviews, "wt", encoding="utf-8") as f:
+        f.write("\n".join(["  " + others[0] + "\t", "", *others[1:]]) + "\n")
+    cmd = reviews_vocab_cmd(tmp_path, 300, 50, "--tapt_steps", "3", "--tapt_dupe", "1", "--n_seq", "64",
+                            "--tapt_text", str(reviews), "--rows", "reviews 3", "--stop_after", "data")
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    text = out / "reviews_doc50.txt"
+    assert f"data.py --input {text} " in p.stdout and (out / "reviews64_doc50_dupe1.json").exists()
+    docs = text.read_text(encoding="utf-8").split("\n\n")[:-1]
+    assert [r for d in docs for r in d.split("\n")] == [" ".join(r.split()) for r in others]
+    assert [len(d.split("\n")) for d in docs] == [50] * (len(others) // 50) + [len(others) % 50]
+    assert f"vocab.py --input {out / 'nsmc_train_doc50.txt'} " in p.stdout  # the vocabulary: the training reviews
+
+    with open(tmp_path / "test.txt", encoding="utf-8") as f:
+        test_review = f.readlines()[7].split("\t")[1]
+    leaky = tmp_path / "leaky.txt"
+    leaky.write_text(f"{others[0]}\n\n{test_review}  \n{others[1]}\n", encoding="utf-8")
+    fresh = tmp_path / "fresh"
+    cmd = [*cmd[: cmd.index("--out")], "--out", str(fresh), *cmd[cmd.index("--out") + 2 :]]
+    cmd[cmd.index("--tapt_text") + 1] = str(leaky)
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == (
+        f"error: 1 reviews of {leaky} are reviews of {tmp_path / 'test.txt'} (non-empty line 2 first); the test "
+        "reviews must not pretrain: drop them (download.py --what reviews does)"
+    )
+    assert "vocab.py" not in p.stdout and not (fresh / "nsmc_vocab.model").exists()  # before any work
