@@ -120,6 +120,12 @@ def get_args(argv=None):
         help="pretrain.py --dynamic_mask: new masks in every epoch (for runs "
         "long enough to repeat the instances; then --tapt_dupe 1 is enough)",
     )
+    p.add_argument(
+        "--save_steps",
+        type=int,
+        default=500,
+        help="pretrain.py --save_steps: a pretraining run killed (or at a session's end) resumes from its last save",
+    )
     p.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
     p.add_argument("--seeds", default="42,43,44", help="fine-tuning seeds; mean and spread over them")
     p.add_argument("--lr", default="1e-4,3e-4", help="fine-tuning learning rates to choose from on validation")
@@ -426,6 +432,7 @@ def main(argv=None):
                 "42",
             ]
             cmd += ["--grad_accum", str(args.pretrain_accum)] if args.pretrain_accum > 1 else []
+            cmd += ["--save_steps", str(args.save_steps)] if args.save_steps else []
             cmd += ["--pretrain", init] if init else []
             cmd += ["--objective", args.objective] if args.objective != "mlm" else []
             cmd += ["--dynamic_mask"] if args.dynamic_mask else []

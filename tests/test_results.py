@@ -262,12 +262,13 @@ def test_results_with_electra_pretraining(tmp_path):
     and an OUT pretrained with one objective refuses the other."""
     out = tmp_path / "out"
     cmd = reviews_vocab_cmd(tmp_path, 300, 50, "--tapt_steps", "3", "--tapt_dupe", "1", "--n_seq", "64",
-                            "--pretrain_batch", "8", "--pretrain_accum", "2", "--lr", "1e-3", "--rows", "nsmc 3",
-                            "--objective", "electra")
+                            "--pretrain_batch", "8", "--pretrain_accum", "2", "--save_steps", "2", "--lr", "1e-3",
+                            "--rows", "nsmc 3", "--objective", "electra")
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
     line = next(line for line in p.stdout.splitlines() if "pretrain.py" in line)
     assert line.endswith("--objective electra") and " --batch 4 " in line and " --grad_accum 2 " in line
+    assert " --save_steps 2 " in line  # a killed run resumes from its last save
     assert torch.load(out / "nsmc.pth", weights_only=False)["objective"] == "electra"
     with open(out / "results.csv") as f:
         (row,) = list(csv.DictReader(f))
