@@ -179,15 +179,17 @@ class SelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
 
-    def forward(self, x, mask, cls_only=False):
-        """-> (B, T, H); with cls_only (B, 1, H): the [CLS] position's output only, from queries at position 0
-        and keys and values at every position (what a classifier needs of the last layer)."""
+    def forward(self, x, mask, xq=None):
+        """-> (B, T, H); with xq, the inputs at some rows only (B, R, H): those rows' outputs (B, R, H), from queries
+        at those rows and keys and values at every position (what the heads need of the last layer)."""
         B, T, H = x.shape
         nh, hs = self.n_head, H // self.n_head
         kind = attention_kind(x.device.type, self.training)
-        if cls_only:
-            q = self.query(x[:, :1]).view(B, 1, nh, hs).transpose(1, 2)  # (B, nh, 1, hs)
-            k, v = (proj(x).view(B, T, nh, hs).transpose(1, 2) for proj in (self.key, self.value))
+        if xq is not None:
+            q = self.query(xq).view(B, -1, nh, hs).transpose(1, 2)  # (B, nh, R, hs)
+            w = torch.cat([self.key.weight, self.value.weight])  # one (H -> 2H) matmul for k and v
+            b = torch.cat([self.key.bias, self.value.bias])
+            k, v = F.linear(x, w, b).view(B, T, 2, nh, hs).permute(2, 0, 3, 1, 4)
         elif kind != "plain":
             # one (H -> 3H) matmul instead of three; the weights stay three HF-named Linears
             w = torch.cat([self.query.weight, self.key.weight, self.value.weight])
@@ -230,8 +232,12 @@ class Attention(nn.Module):
         self.self = SelfAttention(config)
         self.output = AddNorm(config, config.hidden_size)
 
-    def forward(self, x, mask, cls_only=False):
-        return self.output(self.self(x, mask, cls_only), x[:, :1] if cls_only else x)
+    def forward(self, x, mask, rows=None):
+        """rows: positions (B, R) whose outputs are wanted; None for every position."""
+        if rows is None:
+            return self.output(self.self(x, mask), x)
+        xq = x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.size(-1)))  # (B, R, H)
+        return self.output(self.self(x, mask, xq), xq)
 
 
 class Intermediate(nn.Module):
@@ -252,8 +258,8 @@ class Layer(nn.Module):
         self.intermediate = Intermediate(config)
         self.output = AddNorm(config, config.intermediate_size)
 
-    def forward(self, x, mask, cls_only=False):
-        x = self.attention(x, mask, cls_only)
+    def forward(self, x, mask, rows=None):
+        x = self.attention(x, mask, rows)
         return self.output(self.intermediate(x), x)
 
 
@@ -262,11 +268,12 @@ class Encoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList([Layer(config) for _ in range(config.num_hidden_layers)])
 
-    def forward(self, x, mask, cls_only=False):
-        """cls_only: the last layer computes the [CLS] position only (B, 1, H); no other position's output
-        reaches a classifier, so its queries, attention output and FFN there are work thrown away."""
+    def forward(self, x, mask, rows=None):
+        """rows: positions (B, R); the last layer computes those only (B, R, H). No other position's output
+        reaches a head (a classifier reads [CLS], the masked LM the masked positions), so the last layer's
+        queries, attention output and FFN there are work thrown away."""
         for i, layer in enumerate(self.layer):
-            x = layer(x, mask, cls_only and i == len(self.layer) - 1)
+            x = layer(x, mask, rows if i == len(self.layer) - 1 else None)
         return x
 
 
@@ -289,8 +296,9 @@ class Bert(nn.Module):
         self.encoder = Encoder(config)
         self.pooler = Pooler(config)
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, cls_only=False):
-        """cls_only: the sequence output holds the [CLS] position only, (B, 1, H); the pooled output is the same."""
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, cls_only=False, rows=None):
+        """cls_only: the sequence output holds the [CLS] position only, (B, 1, H); rows (B, R): the positions it
+        holds, [CLS] first (the pooler reads row 0); the pooled output is the same either way."""
         B, T = input_ids.shape
         assert T <= self.config.max_position_embeddings, (
             f"sequence of {T} tokens exceeds {self.config.max_position_embeddings} positions"
@@ -305,7 +313,9 @@ class Bert(nn.Module):
             # the residual stream in bf16/fp16 too: an fp32 one makes every Linear cast its input (and its gradient
             # back)
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        x = self.encoder(x, mask, cls_only)
+        if cls_only:
+            rows = torch.zeros(B, 1, dtype=torch.long, device=input_ids.device)
+        x = self.encoder(x, mask, rows)
         return x, self.pooler(x)
 
 
@@ -366,6 +376,12 @@ class BertForPreTraining(nn.Module):
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, mask_pos=None):
         """Returns MLM logits (B, P, V) at `mask_pos` (B, P), or (B, T, V) at every token, and NSP logits (B, 2)."""
+        if FAST and self.training and mask_pos is not None:
+            # the last layer only where a head reads: [CLS] for NSP, the masked positions (~15% of T) for the MLM;
+            # the same logits and gradients as below
+            rows = torch.cat([torch.zeros_like(mask_pos[:, :1]), mask_pos], 1)
+            x, pooled = self.bert(input_ids, token_type_ids, attention_mask, rows=rows)
+            return self.cls.predictions(x[:, 1:]), self.cls.seq_relationship(pooled)
         x, pooled = self.bert(input_ids, token_type_ids, attention_mask)
         if mask_pos is not None:
             # the MLM head only where there is something to predict: P is ~15% of T
@@ -410,11 +426,12 @@ class ElectraGenerator(nn.Module):
         self.embeddings_project = nn.Linear(config.hidden_size, gen_config.hidden_size)
         self.encoder = Encoder(gen_config)
 
-    def forward(self, embedded, mask):
+    def forward(self, embedded, mask, rows=None):
+        """-> (B, T, Hg), or (B, R, Hg) at rows (B, R) only, which the last layer computes alone."""
         x = self.embeddings_project(embedded)  # (B, T, H) -> (B, T, Hg)
         if FAST and self.training and torch.is_autocast_enabled(x.device.type):
             x = x.to(torch.get_autocast_dtype(x.device.type))  # the residual stream in bf16/fp16, as in Bert
-        return self.encoder(x, mask)
+        return self.encoder(x, mask, rows)
 
 
 class DiscriminatorHead(nn.Module):
@@ -453,8 +470,12 @@ class ElectraForPreTraining(nn.Module):
         (B, T) on the corrupted text, and which tokens were replaced (B, T)."""
         B, T = input_ids.shape
         mask = attention_mask.view(B, 1, 1, T).bool()
-        h = self.generator(self.bert.embeddings(input_ids, token_type_ids), mask)  # (B, T, Hg)
-        h = h.gather(1, mask_pos.unsqueeze(-1).expand(-1, -1, h.size(-1)))  # (B, P, Hg)
+        embedded = self.bert.embeddings(input_ids, token_type_ids)
+        if FAST and self.training:  # the generator's last layer at the masked positions only: the same outputs
+            h = self.generator(embedded, mask, mask_pos)  # (B, P, Hg)
+        else:
+            h = self.generator(embedded, mask)  # (B, T, Hg)
+            h = h.gather(1, mask_pos.unsqueeze(-1).expand(-1, -1, h.size(-1)))  # (B, P, Hg)
         gen_logits = self.generator_lm_head(self.generator_predictions(h))  # (B, P, V)
         fake, replaced = replace_tokens(input_ids, mask_pos, mask_label, sample_tokens(gen_logits, generator))
         x, _ = self.bert(fake, token_type_ids, attention_mask)  # (B, T, H)

@@ -57,13 +57,15 @@ def test_dropout_gradient_and_eval():
 
 
 def test_fast_training_path_is_the_plain_math(monkeypatch):
-    """Training mode without dropout randomness: fused QKV + manual attention (with padding) == the plain path,
-    outputs and grads."""
+    """Training mode without dropout randomness: fused QKV + manual attention (with padding) + the last layer at
+    [CLS] and the masked positions only == the plain path, outputs and grads."""
     torch.manual_seed(0)
     config = BertConfig(**CFG)  # attention dropout 0.1, so the manual attention path is taken
     net = BertForPreTraining(config)
     ids, types, mask = batch()
-    pos = torch.tensor([[1, 4], [2, 3], [1, 2]])
+    pos = torch.tensor([[1, 4], [2, 3], [1, 0]])  # a pad slot points at [CLS], as collate_pretrain's do
+    shapes = []
+    net.bert.encoder.layer[-1].intermediate.register_forward_hook(lambda m, a, out: shapes.append(out.shape[1]))
 
     def run(fast):
         monkeypatch.setattr(model, "FAST", fast)
@@ -77,6 +79,37 @@ def test_fast_training_path_is_the_plain_math(monkeypatch):
     net.train()
     monkeypatch.setattr(model, "dropout", lambda x, p, training=True: x)  # dropout off, every fast path on
     fast = run(True)
+    assert shapes == [ids.size(1), 1 + pos.size(1)]  # the last layer's FFN: all T positions, then [CLS] + P
+    for a, b in zip(fast, plain):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_electra_generator_training_path_is_the_plain_math(monkeypatch):
+    """ELECTRA's generator computes its last layer at the masked positions only in training: the same logits,
+    samples and gradients as the plain path."""
+    torch.manual_seed(0)
+    config = BertConfig(**CFG)
+    net = model.ElectraForPreTraining(config, model.generator_config(config))
+    ids, types, mask = batch()
+    pos = torch.tensor([[1, 4], [2, 3], [1, 0]])
+    label = torch.tensor([[9, 10], [11, 12], [13, -100]])
+    shapes = []
+    net.generator.encoder.layer[-1].intermediate.register_forward_hook(lambda m, a, out: shapes.append(out.shape[1]))
+
+    def run(fast):
+        monkeypatch.setattr(model, "FAST", fast)
+        net.zero_grad()
+        gen, disc, replaced = net(ids, types, mask, pos, label, torch.Generator().manual_seed(1))
+        (gen.square().mean() + disc.square().mean()).backward()
+        return [gen, disc, replaced] + [p.grad.clone() for p in net.parameters() if p.grad is not None]
+
+    net.eval()
+    plain = run(False)
+    net.train()
+    monkeypatch.setattr(model, "dropout", lambda x, p, training=True: x)
+    fast = run(True)
+    assert shapes == [ids.size(1), pos.size(1)]
+    assert len(fast) == len(plain)
     for a, b in zip(fast, plain):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
