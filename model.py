@@ -167,6 +167,11 @@ class Embeddings(nn.Module):
         return self.dropout(self.LayerNorm(x))
 
 
+def gather_rows(x, rows):
+    """x (B, T, H) at the positions rows (B, R) -> (B, R, H)."""
+    return x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.size(-1)))
+
+
 class SelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -187,14 +192,9 @@ class SelfAttention(nn.Module):
         kind = attention_kind(x.device.type, self.training)
         if xq is not None:
             q = self.query(xq).view(B, -1, nh, hs).transpose(1, 2)  # (B, nh, R, hs)
-            w = torch.cat([self.key.weight, self.value.weight])  # one (H -> 2H) matmul for k and v
-            b = torch.cat([self.key.bias, self.value.bias])
-            k, v = F.linear(x, w, b).view(B, T, 2, nh, hs).permute(2, 0, 3, 1, 4)
+            k, v = self.fused(x, self.key, self.value)
         elif kind != "plain":
-            # one (H -> 3H) matmul instead of three; the weights stay three HF-named Linears
-            w = torch.cat([self.query.weight, self.key.weight, self.value.weight])
-            b = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-            q, k, v = F.linear(x, w, b).view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hs)
+            q, k, v = self.fused(x, self.query, self.key, self.value)  # 3 x (B, nh, T, hs)
         else:
             q, k, v = (proj(x).view(B, T, nh, hs).transpose(1, 2) for proj in (self.query, self.key, self.value))
         if kind == "manual" and self.dropout_p > 0:
@@ -211,6 +211,14 @@ class SelfAttention(nn.Module):
                 q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0
             )
         return y.transpose(1, 2).reshape(B, q.size(2), H)
+
+    def fused(self, x, *projs):
+        """The projections `projs` of x in one (H -> n*H) matmul instead of n; the weights stay HF-named Linears.
+        -> n x (B, nh, T, hs)."""
+        B, T, H = x.shape
+        w = torch.cat([p.weight for p in projs])
+        b = torch.cat([p.bias for p in projs])
+        return F.linear(x, w, b).view(B, T, len(projs), self.n_head, H // self.n_head).permute(2, 0, 3, 1, 4)
 
 
 class AddNorm(nn.Module):
@@ -236,7 +244,7 @@ class Attention(nn.Module):
         """rows: positions (B, R) whose outputs are wanted; None for every position."""
         if rows is None:
             return self.output(self.self(x, mask), x)
-        xq = x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.size(-1)))  # (B, R, H)
+        xq = gather_rows(x, rows)
         return self.output(self.self(x, mask, xq), xq)
 
 
@@ -385,7 +393,7 @@ class BertForPreTraining(nn.Module):
         x, pooled = self.bert(input_ids, token_type_ids, attention_mask)
         if mask_pos is not None:
             # the MLM head only where there is something to predict: P is ~15% of T
-            x = x.gather(1, mask_pos.unsqueeze(-1).expand(-1, -1, x.size(-1)))  # (B, P, H)
+            x = gather_rows(x, mask_pos)
         return self.cls.predictions(x), self.cls.seq_relationship(pooled)
 
 
@@ -475,7 +483,7 @@ class ElectraForPreTraining(nn.Module):
             h = self.generator(embedded, mask, mask_pos)  # (B, P, Hg)
         else:
             h = self.generator(embedded, mask)  # (B, T, Hg)
-            h = h.gather(1, mask_pos.unsqueeze(-1).expand(-1, -1, h.size(-1)))  # (B, P, Hg)
+            h = gather_rows(h, mask_pos)  # (B, P, Hg)
         gen_logits = self.generator_lm_head(self.generator_predictions(h))  # (B, P, V)
         fake, replaced = replace_tokens(input_ids, mask_pos, mask_label, sample_tokens(gen_logits, generator))
         x, _ = self.bert(fake, token_type_ids, attention_mask)  # (B, T, H)

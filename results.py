@@ -342,10 +342,9 @@ def main(argv=None):
                 had = f.read().strip()
             if had != args.objective:
                 raise UserError(f"{out} holds checkpoints pretrained with --objective {had}; pass another --out")
-        else:  # written whole and renamed: the seeds gpu_results.sh runs side by side never read it half-written
-            with open(f"{mark}.{os.getpid()}", "w") as f:
+        else:
+            with replacing(mark) as f:  # the seeds gpu_results.sh runs side by side never read it half-written
                 f.write(args.objective + "\n")
-            os.replace(f"{mark}.{os.getpid()}", mark)
 
     # 1. vocabulary and pretraining instances (only what the rows need)
     turn = take_turn(out, "vocabulary and instances")
