@@ -391,6 +391,9 @@ def bench_predict(args, device):
         "before": (lambda t: old_predict(before, sp, t, n_seq), "fp32"),
         "transformers": (hf_side, precision + " weights"),
     }
+    if device.type == "cpu":  # predict.py --int8: the encoder's matrix products in int8
+        int8 = predict.quantize_int8(predict.load_classifier(ckpt, vocab)[0])
+        sides["ours --int8"] = (lambda t: predict.predict(int8, sp, t, n_seq), "int8 matmuls")
     clock = time.thread_time if device.type == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
     print(
         f"predict: {args.config} classifier, {len(reviews):,} reviews of {os.path.basename(args.reviews)}, "
@@ -419,12 +422,19 @@ def bench_predict(args, device):
             f"predict {name:>12}: median {med[name]:,.0f} reviews/s "
             f"({prec}; rounds {', '.join(f'{r:,.0f}' for r in rates[name])})"
         )
-        mfu_line("predict", name, med[name] * tokens, flops_per_token(config, tokens, False), device, prec.split()[0])
+        peak = "fp32" if prec.startswith("int8") else prec.split()[0]  # int8's share of the fp32 peak
+        mfu_line("predict", name, med[name] * tokens, flops_per_token(config, tokens, False), device, peak)
     print(
         f"predict: ours {med['ours'] / med['before']:.1f}x before, "
         f"{med['ours'] / med['transformers']:.2f}x transformers "
         f"({tokens:.0f} real tokens per review; MFU counts real tokens)"
     )
+    if "ours --int8" in med:
+        print(
+            f"predict: ours --int8 {med['ours --int8'] / med['ours']:.2f}x ours, "
+            f"{med['ours --int8'] / med['before']:.1f}x before, {med['ours --int8'] / med['transformers']:.2f}x "
+            "transformers (MFU above against the fp32 peak)"
+        )
     return med
 
 

@@ -192,7 +192,10 @@ class SelfAttention(nn.Module):
         kind = attention_kind(x.device.type, self.training)
         if xq is not None:
             q = self.query(xq).view(B, -1, nh, hs).transpose(1, 2)  # (B, nh, R, hs)
-            k, v = self.fused(x, self.key, self.value)
+            if kind != "plain":
+                k, v = self.fused(x, self.key, self.value)
+            else:  # each Linear called as itself, so that a replaced one (predict.py --int8's) is the one used
+                k, v = (proj(x).view(B, T, nh, hs).transpose(1, 2) for proj in (self.key, self.value))
         elif kind != "plain":
             q, k, v = self.fused(x, self.query, self.key, self.value)  # 3 x (B, nh, T, hs)
         else:

@@ -72,13 +72,13 @@ def token_split(idx, lengths, max_tokens, n_seq=None):
     return [list(p) for p in np.array_split(np.asarray(idx), parts)]
 
 
-def collate_reviews(ids, labels=None, n_seq=None):
-    """A batch padded to its longest review (pad id 0), rounded up to a multiple of 16 within n_seq; labels 0
-    when not given.
+def collate_reviews(ids, labels=None, n_seq=None, multiple=16):
+    """A batch padded to its longest review (pad id 0), rounded up to a multiple of `multiple` within n_seq
+    (16; predict.py's training.pad_multiple: 1 in fp32 on a CPU); labels 0 when not given.
 
     The rounding keeps the number of distinct batch shapes small: the CPU's bf16 kernels are built and
     cached per shape, and a shape per length grew a fine-tuning run's memory from 0.75 to 2+ GB."""
-    T = padded_length(max(len(x) for x in ids), n_seq)
+    T = padded_length(max(len(x) for x in ids), n_seq, multiple)
     input_ids = torch.zeros(len(ids), T, dtype=torch.long)
     for i, x in enumerate(ids):
         input_ids[i, : len(x)] = torch.from_numpy(x)

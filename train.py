@@ -95,8 +95,9 @@ def get_args(argv=None):
     p.add_argument(
         "--batch_tokens",
         type=int,
-        default=4096,
-        help="a micro-batch of more padded tokens is cut into parts (same step, less memory; 0: never)",
+        default=None,
+        help="a micro-batch of more padded tokens is cut into parts (same step, less memory; 0: never); "
+        "default 2048 on a CPU, 0 on a GPU",
     )
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--warmup", type=float, default=0.1, help="warmup steps, as a fraction of all steps")
@@ -171,7 +172,8 @@ def evaluate(model, ids, labels, batch, n_seq, device, autocast, rank=0, world=1
 
 
 def check_args(args):
-    if args.epoch < 1 or args.batch < 1 or args.grad_accum < 1 or not 0 <= args.valid < 1 or args.batch_tokens < 0:
+    bad_tokens = args.batch_tokens is not None and args.batch_tokens < 0
+    if args.epoch < 1 or args.batch < 1 or args.grad_accum < 1 or not 0 <= args.valid < 1 or bad_tokens:
         raise UserError(
             "--epoch, --batch and --grad_accum must be at least 1, --batch_tokens at least 0 and --valid in [0, 1)"
         )
@@ -315,6 +317,8 @@ def main(argv=None):
     log = print if master else lambda *a, **k: None
     set_seed(args.seed + rank)  # dropout differs per process; DDP copies rank 0's initial weights to the others
     autocast, scaler, precision = mixed_precision(device, args.fp32)
+    if args.batch_tokens is None:  # a CPU's memory is the user's RAM and smaller parts stay in cache; a GPU has room
+        args.batch_tokens = 2048 if device.type == "cpu" else 0
 
     # model and data
     sp = load_vocab(args.vocab)
@@ -343,8 +347,9 @@ def main(argv=None):
     total_steps = steps_per_epoch * args.epoch
     warmup = max(1, int(args.warmup * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_warmup_decay(s, warmup, total_steps))
+    split = f"; parts of at most {args.batch_tokens:,} padded tokens" if args.batch_tokens else ""
     log(f"{total_steps:,} steps of effective batch {global_batch} ({args.batch} x {args.grad_accum} micro-batches x "
-        f"{world} processes)")
+        f"{world} processes{split})")
 
     # resume: epochs done, optimizer steps done, steps into the current epoch, the best epoch so far
     epoch, step, epoch_step, best, rng = 0, 0, 0, None, None

@@ -41,6 +41,19 @@ def test_collate_pads_to_a_multiple_of_16_within_n_seq():
     assert b["labels"].tolist() == [1, 0]
     assert collate_reviews([np.arange(5, 55)], n_seq=60)["input_ids"].shape == (1, 60)  # capped at n_seq
     assert collate_reviews([np.arange(5, 25)])["input_ids"].shape == (1, 20)  # no n_seq: the longest review
+    assert collate_reviews(ids, n_seq=128, multiple=1)["input_ids"].shape == (2, 6)  # fp32 on a CPU: the longest
+
+
+def test_pad_multiple_is_1_only_in_fp32_on_a_cpu():
+    """Rounding batch lengths up to 16 keeps oneDNN's bf16 kernels (built per shape) and a GPU's few; in fp32 on
+    a CPU it was padding only (a quarter more tokens for NSMC reviews)."""
+    import torch
+
+    from training import pad_multiple
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert pad_multiple(cpu, "fp32") == 1 and pad_multiple(cpu, "bf16") == 16
+    assert pad_multiple(cuda, "fp32") == pad_multiple(cuda, "bf16") == pad_multiple(cuda, "fp16") == 16
 
 
 def test_token_split_keeps_the_step_and_bounds_the_tokens():

@@ -140,6 +140,7 @@ def test_train_and_predict(work, tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert f"fine-tuning from {work['save']}" in out
+    assert "x 1 processes; parts of at most 2,048 padded tokens)" in out, out  # --batch_tokens's default on a CPU
     assert "best epoch" in out and "test accuracy" in out
     with open(tmp_path / "log" / "log.csv") as f:
         rows = list(csv.DictReader(f))
