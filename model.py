@@ -187,19 +187,14 @@ class SelfAttention(nn.Module):
     def forward(self, x, mask, xq=None):
         """-> (B, T, H); with xq, the inputs at some rows only (B, R, H): those rows' outputs (B, R, H), from queries
         at those rows and keys and values at every position (what the heads need of the last layer)."""
-        B, T, H = x.shape
-        nh, hs = self.n_head, H // self.n_head
+        B, H, hs = x.size(0), x.size(2), x.size(2) // self.n_head
         kind = attention_kind(x.device.type, self.training)
-        if xq is not None:
-            q = self.query(xq).view(B, -1, nh, hs).transpose(1, 2)  # (B, nh, R, hs)
-            if kind != "plain":
-                k, v = self.fused(x, self.key, self.value)
-            else:  # each Linear called as itself, so that a replaced one (predict.py --int8's) is the one used
-                k, v = (proj(x).view(B, T, nh, hs).transpose(1, 2) for proj in (self.key, self.value))
-        elif kind != "plain":
-            q, k, v = self.fused(x, self.query, self.key, self.value)  # 3 x (B, nh, T, hs)
+        fuse = kind != "plain"
+        if xq is None:
+            q, k, v = self.heads(x, (self.query, self.key, self.value), fuse)  # 3 x (B, nh, T, hs)
         else:
-            q, k, v = (proj(x).view(B, T, nh, hs).transpose(1, 2) for proj in (self.query, self.key, self.value))
+            (q,) = self.heads(xq, (self.query,), fuse)  # (B, nh, R, hs)
+            k, v = self.heads(x, (self.key, self.value), fuse)
         if kind == "manual" and self.dropout_p > 0:
             # SDPA with dropout_p takes its math path on the CPU and draws a bernoulli_ mask of B*nh*T*T;
             # the same math with our cheaper dropout on the attention probabilities
@@ -215,10 +210,13 @@ class SelfAttention(nn.Module):
             )
         return y.transpose(1, 2).reshape(B, q.size(2), H)
 
-    def fused(self, x, *projs):
-        """The projections `projs` of x in one (H -> n*H) matmul instead of n; the weights stay HF-named Linears.
-        -> n x (B, nh, T, hs)."""
+    def heads(self, x, projs, fuse):
+        """The projections `projs` of x split into heads, n x (B, nh, T, hs). fuse: in one (H -> n*H) matmul
+        instead of n (the weights stay HF-named Linears); else each Linear called as itself, as Hugging Face does,
+        so that a replaced one (predict.py --int8's) is the one used."""
         B, T, H = x.shape
+        if not fuse or len(projs) == 1:
+            return [p(x).view(B, T, self.n_head, H // self.n_head).transpose(1, 2) for p in projs]
         w = torch.cat([p.weight for p in projs])
         b = torch.cat([p.bias for p in projs])
         return F.linear(x, w, b).view(B, T, len(projs), self.n_head, H // self.n_head).permute(2, 0, 3, 1, 4)

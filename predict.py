@@ -22,6 +22,7 @@ import codecs
 import itertools
 import os
 import sys
+import warnings
 
 import numpy as np
 import torch
@@ -62,8 +63,6 @@ def quantize_int8(model):
     with one scale per output row and each batch's activations quantized as it runs, on fbgemm's int8 kernels
     (1.4-2x the fp32 matrix product rate of an AVX2 CPU). The pooler and classifier, at [CLS] only, stay
     fp32. For the CPU in fp32; the model must be in eval mode (the encoder runs its plain path)."""
-    import warnings
-
     try:
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
     except ImportError:
