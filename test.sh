@@ -12,4 +12,4 @@ python -c 'import platform, sys, torch, numpy, pandas, sentencepiece
 print(f"python {platform.python_version()}, torch {torch.__version__}, numpy {numpy.__version__}, "
       f"pandas {pandas.__version__}, sentencepiece {sentencepiece.__version__}")'
 python -m ruff check .
-python -m pytest -q "$@"
+python -m pytest -q -n auto "$@"

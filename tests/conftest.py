@@ -12,6 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+# Under pytest-xdist (`pytest -n auto`, what test.sh runs) each worker's torch and the scripts it starts get their
+# share of the cores: n workers of all-cores torch each would run n times more threads than cores, and two-thread
+# jobs side by side on 2 cores were seen to slow each other tenfold. OMP_NUM_THREADS set by the user wins.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the scripts are top-level modules, not a package
 
