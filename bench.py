@@ -42,7 +42,16 @@ from errors import UserError, main_guard, require_file
 from model import BertConfig, BertForPreTraining, BertForSequenceClassification, configure_optimizer, flops_per_token
 from nsmc import collate_reviews, encode_reviews, length_batches, read_nsmc
 from store import PretrainStore, collate_pretrain
-from training import cpu_flags, cpu_has_bf16, cpu_model, get_device, isa_caps, matrix_isa, mixed_precision
+from training import (
+    cpu_flags,
+    cpu_has_bf16,
+    cpu_model,
+    get_device,
+    isa_caps,
+    keep_freed_memory,
+    matrix_isa,
+    mixed_precision,
+)
 from vocab import load_vocab
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -245,6 +254,8 @@ def maybe_compile(m, args):
 
 def bench_pretrain(args, device):
     autocast, _, precision = mixed_precision(device, args.fp32)
+    if device.type == "cpu":
+        keep_freed_memory()  # as pretrain.py does (glibc keeps freed pages); transformers' steps run under it too
     vocab, inst = prepare(args)
     config = BertConfig.from_json_file(args.config, vocab_size=load_vocab(vocab).get_piece_size())
     store = PretrainStore(inst)

@@ -268,3 +268,48 @@ def test_cuda_training_path_is_the_plain_math(monkeypatch):
     assert taken == [0.0] * CFG["num_hidden_layers"]
     for a, b in zip(fast, plain):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+KEEP = r"""
+import ctypes, sys, torch
+sys.path.insert(0, sys.argv[1])
+import training
+libc = ctypes.CDLL("libc.so.6")
+class Mallinfo2(ctypes.Structure):  # glibc's struct mallinfo2; fordblks: free bytes held in the heap
+    names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+    _fields_ = [(f, ctypes.c_size_t) for f in names.split()]
+libc.mallinfo2.restype = Mallinfo2
+kept = training.keep_freed_memory() if sys.argv[2] == "keep" else None
+x = torch.ones(4 << 20)  # 16 MB, touched
+del x
+print(kept, libc.mallinfo2().fordblks >> 20)  # True/None, MB free in the heap: the freed tensor's pages, if kept
+"""
+
+
+def test_keep_freed_memory_keeps_a_freed_tensors_pages(tmp_path):
+    import ctypes.util
+    import os
+    import subprocess
+    import sys
+
+    if "glibc" not in (os.confstr("CS_GNU_LIBC_VERSION") or "") or not ctypes.util.find_library("c"):
+        pytest.skip("glibc's mallopt only")
+    script = tmp_path / "keep.py"
+    script.write_text(KEEP)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = lambda how: subprocess.run([sys.executable, script, root, how], capture_output=True, text=True, check=True)
+    kept, free_mb = run("keep").stdout.split()
+    assert kept == "True" and int(free_mb) >= 16  # from the heap, and kept there for the next step
+    kept, free_mb = run("default").stdout.split()
+    assert int(free_mb) < 16  # glibc's default: mapped on its own and unmapped when freed
+
+
+def test_pretrain_keeps_freed_memory_on_the_cpu(monkeypatch, tmp_path):
+    import pretrain
+
+    calls = []
+    monkeypatch.setattr(pretrain, "keep_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(pretrain, "load_vocab", lambda path: (_ for _ in ()).throw(SystemExit("stop after set-up")))
+    with pytest.raises(SystemExit, match="stop after set-up"):
+        pretrain.main(["--save", str(tmp_path / "p.pth")])
+    assert calls == [1]
