@@ -12,7 +12,8 @@ they are classified, so a file of millions of lines runs in constant memory. Wit
 are sorted by length and cut into batches of about --batch_tokens padded tokens, so a batch pads little;
 bf16 where the hardware does it natively (AMX / AVX512_BF16 CPUs, GPUs), fp32 elsewhere or with --fp32.
 --int8 (CPU): the encoder's matrix products in int8, about 1.2x faster than fp32 where there is no native bf16
-(AVX2 CPUs); 67 of the 50,000 NSMC test labels changed for one model, at the same accuracy (docs/speed.md).
+(AVX2 CPUs) and 1.3-1.4x faster than bf16 on a Zen 4 (AVX512_VNNI); 54-67 of the 50,000 NSMC test labels changed
+for one model, at the same accuracy (docs/speed.md).
 With several --save, each review's probabilities are the mean of theirs: an ensemble, and the teacher whose
 output `train.py --unlabeled` learns from (self-training).
 """
@@ -155,8 +156,8 @@ def main(argv=None):
     p.add_argument(
         "--int8",
         action="store_true",
-        help="CPU: the encoder's matrix products in int8 (faster where there is no native bf16; a label changes "
-        "now and then)",
+        help="CPU: the encoder's matrix products in int8 (faster than fp32 on AVX2 CPUs and than bf16 on AVX512_VNNI "
+        "ones such as a Zen 4; a label changes now and then)",
     )
     args = p.parse_args(argv)
     if args.int8 and args.gpu is not None:
