@@ -111,16 +111,22 @@ def mixed_precision(device, fp32=False):
     return contextlib.nullcontext(), None, "fp32"
 
 
+def glibc():
+    """glibc, for its allocator's knobs (malloc_trim, mallopt); None elsewhere (macOS, musl, Windows)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    except OSError:
+        return None
+
+
 def release_free_memory():
     """Give the heap pages that freed tensors left behind back to the system (glibc's malloc_trim; a no-op
     elsewhere). glibc keeps them for reuse, but evaluation's tensors have other shapes than training's, so
     without this the two phases' peaks add up: a full NSMC fine-tuning run reached 1.9 GB instead of 1.2."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    libc = glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def keep_freed_memory():
@@ -130,13 +136,11 @@ def keep_freed_memory():
     of config_half made 45,000-80,000 page faults and spent 0.1-0.26 s in the kernel without it; with it, 7-15%
     more tokens/s on the CPU (docs/speed.md). release_free_memory still returns everything. True where it took
     effect (glibc), False elsewhere."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        return libc.mallopt(-1, 2**31 - 1) == 1 and libc.mallopt(-3, 32 << 20) == 1  # M_TRIM_, M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # malloc.h
+    libc = glibc()
+    if libc is None:
         return False
+    return libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1 and libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1
 
 
 def padded_length(longest, n_seq=None, multiple=16):

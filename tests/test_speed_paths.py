@@ -311,9 +311,12 @@ def test_keep_freed_memory_keeps_a_freed_tensors_pages(tmp_path):
 def test_pretrain_keeps_freed_memory_on_the_cpu(monkeypatch, tmp_path):
     import pretrain
 
+    def stop(path):  # the first thing main does after set-up
+        raise SystemExit("stop after set-up")
+
     calls = []
     monkeypatch.setattr(pretrain, "keep_freed_memory", lambda: calls.append(1))
-    monkeypatch.setattr(pretrain, "load_vocab", lambda path: (_ for _ in ()).throw(SystemExit("stop after set-up")))
+    monkeypatch.setattr(pretrain, "load_vocab", stop)
     with pytest.raises(SystemExit, match="stop after set-up"):
         pretrain.main(["--save", str(tmp_path / "p.pth")])
     assert calls == [1]
