@@ -4,6 +4,7 @@ RNG states for exact resume, the LR schedule, CSV logs and plots."""
 import contextlib
 import csv
 import ctypes
+import functools
 import os
 import random
 import signal
@@ -111,6 +112,7 @@ def mixed_precision(device, fp32=False):
     return contextlib.nullcontext(), None, "fp32"
 
 
+@functools.cache  # looked up once: release_free_memory runs at every evaluation
 def glibc():
     """glibc, for its allocator's knobs (malloc_trim, mallopt); None elsewhere (macOS, musl, Windows)."""
     try:
