@@ -108,6 +108,18 @@ def nsmc_head(dst, n, src="ratings_train.txt"):
     return str(dst)
 
 
+def gpu_script_inputs(tmp_path):
+    """What the GPU scripts' CPU dry runs read: a micro model config with 128 positions and a folder of 300
+    training and 60 test sample reviews -> (config path, NSMC folder)."""
+    config = tmp_path / "micro.json"
+    config.write_text(json.dumps({**MICRO, "max_position_embeddings": 128}))
+    nsmc = tmp_path / "nsmc"
+    nsmc.mkdir()
+    for name, n in (("ratings_train.txt", 300), ("ratings_test.txt", 60)):
+        nsmc_head(nsmc / name, n, name)
+    return str(config), str(nsmc)
+
+
 def wiki_head(dst, n):
     """The first n articles of the sample Wikipedia text, as WikiExtractor wrote them, to dst -> its path."""
     import lzma

@@ -3,33 +3,27 @@ step counts, wiki then TAPT pretraining, the seeds fine-tuned side by side, and 
 
 import csv
 import fcntl
-import json
 import os
 import re
 import subprocess
 import sys
 
-from conftest import MICRO, ROOT, nsmc_head, wiki_head
+from conftest import ROOT, gpu_script_inputs, wiki_head
 
 
 def test_gpu_results_script_dry_run_on_cpu(tmp_path):
-    config = tmp_path / "micro.json"
-    config.write_text(json.dumps({**MICRO, "max_position_embeddings": 128}))
-    nsmc = tmp_path / "nsmc"
-    nsmc.mkdir()
-    for name, n in (("ratings_train.txt", 300), ("ratings_test.txt", 60)):
-        nsmc_head(nsmc / name, n, name)
+    config, nsmc = gpu_script_inputs(tmp_path)
     run = tmp_path / "run"
     env = {
         **os.environ,
         "GPU": "",
         "BUDGET_S": "2",
-        "CONFIG": str(config),
+        "CONFIG": config,
         "EPOCH": "1",
         "SEEDS": "1,2",
         "WORKERS": "0",
         "WIKI": wiki_head(tmp_path / "wiki.txt", 60),
-        "N": str(nsmc),
+        "N": nsmc,
         "RUN": str(run),
         "OMP_NUM_THREADS": "1",
         "PY": sys.executable,  # the interpreter running the tests, not whichever python is first on PATH
