@@ -72,11 +72,10 @@ sed -n '/torch.distributed.run/,$p' "$LOG" | grep -q "epoch 2: saved" || { echo 
 
 # 3. the benches: pretraining step per config and length, then fine-tuning and predict.py
 work=(--work "$RUN/bench")
-last=""
 for b in $BENCHES; do
     figures "$PY" bench.py --config "${b%%:*}" --seq "${b##*:}" --steps "$STEPS" "${work[@]}" "${gpu[@]}"
-    last=$b
 done
+last=$(echo $BENCHES | awk '{print $NF}')  # the last CONFIG:SEQ
 figures "$PY" bench.py --task finetune --steps "$STEPS" "${work[@]}" "${gpu[@]}"
 figures "$PY" bench.py --task predict --rounds 3 --predict_reviews "$PREDICT_REVIEWS" "${work[@]}" "${gpu[@]}"
 if [ -n "$GPU" ] && [ "$COMPILE" = 1 ] && [ -n "$last" ]; then  # compile last: a timeout loses only this
