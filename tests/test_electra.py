@@ -144,6 +144,31 @@ def test_discriminator_loss_leaves_pads_out():
     assert counts[2] == 6  # the generator's targets: the 6 masked positions, not the padded slots
 
 
+def test_padding_changes_nothing_but_the_draws():
+    """collate_pretrain pads to multiples of 16: with dropout off and the same draws, ELECTRA's losses, counts and
+    gradients are those of the unpadded batch (so the padding only moves the random draws of dropout)."""
+    torch.manual_seed(0)
+    config = BertConfig(**CFG, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = ElectraForPreTraining(config, generator_config(config)).train()
+    off = torch.autocast("cpu", enabled=False)
+
+    def step(pad):
+        ids, types, mask, pos, label = batch()
+        ids, types, mask = (nn.functional.pad(t, (0, pad)) for t in (ids, types, mask))  # pads: id 0, mask 0
+        b = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "mask_pos": pos, "mask_label": label}
+        model.zero_grad()
+        gen_loss, disc_loss, counts = pretrain.electra_losses(model, b, off, torch.Generator().manual_seed(1))
+        (gen_loss + 50 * disc_loss).backward()
+        return counts, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    (counts, grads), (counts16, grads16) = step(0), step(4)  # T = 12, then padded to 16
+    torch.testing.assert_close(counts16, counts)
+    assert grads.keys() == grads16.keys()
+    for k in grads:
+        if not k.endswith("key.bias"):  # its gradient is 0 up to rounding (softmax ignores a shift per query)
+            torch.testing.assert_close(grads16[k], grads[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
 def test_sampling_follows_the_softmax_without_gradient():
     logits = torch.tensor([[0.0, 0.0, -1e4], [5.0, -5.0, -5.0]]).repeat(2000, 1).requires_grad_()
     s = sample_tokens(logits, torch.Generator().manual_seed(0))
