@@ -28,6 +28,11 @@ from model import BertConfig, ElectraForPreTraining, generator_config, replace_t
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def as_batch(ids, types, mask, pos, label):
+    """The dict pretrain.electra_losses reads, from batch()'s tensors."""
+    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "mask_pos": pos, "mask_label": label}
+
+
 def batch(B=3, T=12, vocab=301, seed=0):
     """Ids as data.py leaves them: [MASK] (6) at the masked positions; mask_pos padded with 0, labels with -100."""
     g = torch.Generator().manual_seed(seed)
@@ -126,7 +131,7 @@ class Stub(nn.Module):
 
 def test_discriminator_loss_leaves_pads_out():
     ids, types, mask, pos, label = batch()
-    b = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "mask_pos": pos, "mask_label": label}
+    b = as_batch(ids, types, mask, pos, label)
     replaced = torch.zeros(3, 12, dtype=torch.bool)
     replaced[0, 2] = True
     logits = torch.zeros(3, 12)
@@ -155,7 +160,7 @@ def test_padding_changes_nothing_but_the_draws():
     def step(pad):
         ids, types, mask, pos, label = batch()
         ids, types, mask = (nn.functional.pad(t, (0, pad)) for t in (ids, types, mask))  # pads: id 0, mask 0
-        b = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "mask_pos": pos, "mask_label": label}
+        b = as_batch(ids, types, mask, pos, label)
         model.zero_grad()
         gen_loss, disc_loss, counts = pretrain.electra_losses(model, b, off, torch.Generator().manual_seed(1))
         (gen_loss + 50 * disc_loss).backward()
@@ -185,7 +190,7 @@ def test_few_steps_lower_the_loss():
     model = ElectraForPreTraining(config, generator_config(config))
     opt = model_py.configure_optimizer(model, 1e-3)
     ids, types, mask, pos, label = batch(B=3, T=12)
-    b = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "mask_pos": pos, "mask_label": label}
+    b = as_batch(ids, types, mask, pos, label)
     off = torch.autocast("cpu", enabled=False)
 
     def loss_fn():
@@ -204,6 +209,13 @@ def test_few_steps_lower_the_loss():
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, sample_spm):
     return micro_setup(tmp_path_factory.mktemp("electra"), sample_spm, held_out=True)
+
+
+def micro0_config(s):
+    """MICRO0 (the micro config with dropout off) written beside the set-up's config -> its path."""
+    path = s["dir"] / "micro0.json"
+    path.write_text(json.dumps(MICRO0))
+    return str(path)
 
 
 def args_for(s, save, *extra):
@@ -372,12 +384,11 @@ def test_export_writes_the_encoder(setup, reference, tmp_path):
 def test_two_processes_match_one(setup):
     """torchrun, 2 CPU processes (gloo) with batch 2 against 1 with batch 4, dropout off. The generator's samples
     differ per process, so only the generator can be compared: --disc_weight 0 leaves it alone to train."""
-    d = setup["dir"]
-    (d / "micro0.json").write_text(json.dumps(MICRO0))
+    d, config0 = setup["dir"], micro0_config(setup)
 
     def args(name, b):
         return [
-            *args_for(setup, d / f"{name}.pth", "--config", str(d / "micro0.json"), "--disc_weight", "0"),
+            *args_for(setup, d / f"{name}.pth", "--config", config0, "--disc_weight", "0"),
             "--batch",
             b,
         ]
@@ -397,12 +408,11 @@ def test_micro_batches_match_one_batch(setup, monkeypatch):
     """--grad_accum 2 of 2 instances (cut from each step sorted by length) against batch 4, dropout off, new masks
     every epoch, and the generator's draw made its argmax (random draws differ between the two ways of cutting):
     the same losses step for step and the same weights."""
-    d = setup["dir"]
-    (d / "micro0.json").write_text(json.dumps(MICRO0))
+    d, config0 = setup["dir"], micro0_config(setup)
     monkeypatch.setattr(model_py, "sample_tokens", lambda logits, generator=None: logits.detach().argmax(-1))
 
     def run(name, *extra):
-        pretrain.main(args_for(setup, d / f"{name}.pth", "--config", str(d / "micro0.json"), "--dynamic_mask", *extra))
+        pretrain.main(args_for(setup, d / f"{name}.pth", "--config", config0, "--dynamic_mask", *extra))
         return read_log(d / f"{name}.pth.log" / "log.csv"), torch.load(d / f"{name}.pth", weights_only=True)["model"]
 
     (one, a), (accum, b) = run("batch4"), run("accum2", "--batch", "2", "--grad_accum", "2")
