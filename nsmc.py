@@ -35,6 +35,14 @@ def read_nsmc(path):
     return df["document"].tolist(), df["label"].astype(int).tolist()
 
 
+def valid_split(n, share, seed):
+    """-> (training indices, validation indices) of n reviews: a seeded draw of round(share * n) for validation.
+    train.py and baseline.py hold out the same reviews with the same --valid and --valid_seed."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_valid = round(share * n)
+    return perm[n_valid:], perm[:n_valid]
+
+
 def encode_reviews(sp, reviews, n_seq, chunk=10000):
     """`[CLS] review [SEP]` ids (int32), the review cut to fit n_seq. Encoded `chunk` reviews at a time: the
     Python lists sp.encode returns for all 150,000 training reviews at once took 100 MB more at the peak."""

@@ -59,6 +59,22 @@ def load_classifier(path, vocab_path):
     return model.eval(), sp, state.get("n_seq", config.max_position_embeddings)
 
 
+def load_models(paths, vocab_path, device, fp32=False, int8=False):
+    """-> (models, sentencepiece processor, n_seq) of train.py checkpoints, ready for predict_stream on `device`:
+    bf16 where the hardware has it natively (fp32 with `fp32`), or int8 matrix products on a CPU (`int8`)."""
+    loaded = [load_classifier(path, vocab_path) for path in paths]
+    # an ensemble reads each review cut to the shortest n_seq among its checkpoints
+    models, sp, n_seq = [m for m, _, _ in loaded], loaded[0][1], min(n for _, _, n in loaded)
+    for model in models:
+        if int8:  # int8 matrix products, everything else in fp32
+            quantize_int8(model)
+            continue
+        # weights in bf16 outright rather than autocast: in inference nothing needs fp32 master weights, and
+        # autocast would cast every weight at every batch (a quarter of the CPU time)
+        model.to(device, DTYPES[mixed_precision(device, fp32)[2]])
+    return models, sp, n_seq
+
+
 def quantize_int8(model):
     """The model with its encoder's Linear layers in int8 (in place): torch's dynamic quantization, int8 weights
     with one scale per output row and each batch's activations quantized as it runs, on fbgemm's int8 kernels
@@ -176,16 +192,7 @@ def main(argv=None):
     if not args.text and (not args.input or os.path.getsize(args.input) == 0):
         raise UserError('nothing to classify: pass reviews as arguments (python predict.py "재밌어요") or --input FILE')
     device = get_device(args.gpu)
-    loaded = [load_classifier(path, args.vocab) for path in args.save or ["save_best.pth"]]
-    # an ensemble reads each review cut to the shortest n_seq among its checkpoints
-    models, sp, n_seq = [m for m, _, _ in loaded], loaded[0][1], min(n for _, _, n in loaded)
-    for model in models:
-        if args.int8:  # int8 matrix products, everything else in fp32
-            quantize_int8(model)
-            continue
-        # weights in bf16 outright rather than autocast: in inference nothing needs fp32 master weights, and
-        # autocast would cast every weight at every batch (a quarter of the CPU time)
-        model.to(device, DTYPES[mixed_precision(device, args.fp32)[2]])
+    models, sp, n_seq = load_models(args.save or ["save_best.pth"], args.vocab, device, args.fp32, args.int8)
     # small batches win on a CPU (they stay in cache); a GPU wants many tokens at once
     batch_tokens = args.batch_tokens or (2048 if device.type == "cpu" else 32768)
     # the texts twice, lazily: one stream feeds the model, the other the printing; tee holds only the window between

@@ -44,7 +44,7 @@ from checkpoint import (
 from corpus import collapse
 from errors import UserError, main_guard, require_file
 from model import BertConfig, BertForSequenceClassification, configure_optimizer, count_parameters
-from nsmc import LABELS, collate_reviews, encode_reviews, length_batches, read_nsmc, token_split
+from nsmc import LABELS, collate_reviews, encode_reviews, length_batches, read_nsmc, token_split, valid_split
 from training import (
     StopSignal,
     all_sum,
@@ -230,11 +230,10 @@ def load_splits(args, sp, log=print):
     the labels, then --unlabeled's; None without it). The --valid share of --train is drawn from --valid_seed."""
     reviews, labels = read_nsmc(args.train)
     test_reviews, test_labels = read_nsmc(args.test)
-    perm = np.random.default_rng(args.valid_seed).permutation(len(reviews))
-    n_valid = round(args.valid * len(reviews))
+    train_idx, valid_idx = valid_split(len(reviews), args.valid, args.valid_seed)
     ids = encode_reviews(sp, reviews, args.n_seq)
-    train = [ids[i] for i in perm[n_valid:]], [labels[i] for i in perm[n_valid:]]
-    valid = [ids[i] for i in perm[:n_valid]], [labels[i] for i in perm[:n_valid]]
+    train = [ids[i] for i in train_idx], [labels[i] for i in train_idx]
+    valid = [ids[i] for i in valid_idx], [labels[i] for i in valid_idx]
     test = encode_reviews(sp, test_reviews, args.n_seq), test_labels
     if not args.unlabeled:
         return train, valid, test, None
@@ -246,7 +245,7 @@ def load_splits(args, sp, log=print):
             f"{len(leaked)} reviews of {args.unlabeled} are reviews of {args.test} (line {leaked[0]} first); "
             "the test reviews must stay out of training: drop them from the unlabeled reviews"
         )
-    valid_texts = {collapse(reviews[i]) for i in perm[:n_valid]}
+    valid_texts = {collapse(reviews[i]) for i in valid_idx}
     keep = [i for i, t in enumerate(extra) if collapse(t) not in valid_texts]
     log(
         f"{args.unlabeled}: {len(keep):,} unlabeled reviews with the teacher's probabilities "
