@@ -17,15 +17,15 @@ in the input's order: label (positive/negative), its probability, and the review
 """
 
 import argparse
-import os
 import sys
 import time
 
 import numpy as np
 
 from errors import UserError, main_guard, require_file
-from nsmc import LABELS, read_nsmc, valid_split
-from predict import load_models, predict_stream, read_lines, windows
+from nsmc import read_nsmc, valid_split
+from predict import load_models, predict_stream, print_labels, read_lines, windows
+from training import get_device
 
 
 def fit(texts, labels, valid_texts, valid_labels, Cs=(1.0, 3.0, 10.0), ngrams=(1, 4), min_df=2, log=print):
@@ -63,11 +63,15 @@ def accuracy(p_pos, labels):
     return float(np.mean((np.asarray(p_pos) > 0.5) == np.asarray(labels, dtype=bool))) if len(labels) else 0.0
 
 
+def mix(p_bert, p_tfidf, w):
+    """P(positive) of the mixture: (1 - w) p_bert + w p_tfidf."""
+    return (1 - w) * np.asarray(p_bert) + w * np.asarray(p_tfidf)
+
+
 def pick_weight(p_bert, p_tfidf, labels, steps=10):
-    """-> (w, accuracy): the weight of the TF-IDF model in (1 - w) p_bert + w p_tfidf, in steps of 1/steps,
-    that is most accurate on these labels (the smallest such w on a tie)."""
-    p_bert, p_tfidf = np.asarray(p_bert), np.asarray(p_tfidf)
-    accs = [(accuracy((1 - w) * p_bert + w * p_tfidf, labels), -w) for w in np.linspace(0, 1, steps + 1)]
+    """-> (w, accuracy): the weight of the TF-IDF model in mix(), in steps of 1/steps, that is most accurate on
+    these labels (the smallest such w on a tie)."""
+    accs = [(accuracy(mix(p_bert, p_tfidf, w), labels), -w) for w in np.linspace(0, 1, steps + 1)]
     acc, w = max(accs)
     return float(-w), acc
 
@@ -121,8 +125,6 @@ def main(argv=None):
         f"test acc {accuracy(p_test, test[1]):.4f}")
     w = 1.0
     if args.save:
-        from training import get_device
-
         models, sp, n_seq = load_models(args.save, args.vocab, get_device(args.gpu), args.fp32)
         bert_valid = p_positive(predict_stream(models, sp, valid[0], n_seq))
         bert_test = p_positive(predict_stream(models, sp, test[0], n_seq))
@@ -133,23 +135,20 @@ def main(argv=None):
         else:
             w = args.weight
         log(f"mixed, TF-IDF weight {w:g}{'' if args.weight is not None else ' (best on valid)'}: valid acc "
-            f"{accuracy((1 - w) * bert_valid + w * p_valid, valid[1]):.4f}, "
-            f"test acc {accuracy((1 - w) * bert_test + w * p_test, test[1]):.4f}")
+            f"{accuracy(mix(bert_valid, p_valid, w), valid[1]):.4f}, "
+            f"test acc {accuracy(mix(bert_test, p_test, w), test[1]):.4f}")
     if not args.input:
         return
-    t, n = time.time(), 0
-    try:
+
+    def rows():  # (label, its probability, review) of each --input line, a window at a time
         for chunk in windows(read_lines(args.input), args.window):
-            p_pos = w * proba(model, chunk)
+            p_pos = proba(model, chunk)
             if args.save and w < 1:
-                p_pos += (1 - w) * p_positive(predict_stream(models, sp, chunk, n_seq))
-            for text, q in zip(chunk, p_pos):
-                sys.stdout.write(f"{LABELS[int(q > 0.5)]}\t{max(q, 1 - q):.4f}\t{text}\n")
-            sys.stdout.flush()
-            n += len(chunk)
-    except BrokenPipeError:  # the reader stopped reading (`| head`): stop quietly, as cat does
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return
+                p_pos = mix(p_positive(predict_stream(models, sp, chunk, n_seq)), p_pos, w)
+            yield from ((int(q > 0.5), max(q, 1 - q), text) for text, q in zip(chunk, p_pos))
+
+    t = time.time()
+    n = print_labels(rows(), args.window)
     log(f"labelled {n:,} reviews of {args.input} ({time.time() - t:.0f} s)")
 
 

@@ -139,6 +139,22 @@ def predict(model, sp, reviews, n_seq, **kw):
     return list(predict_stream(model, sp, reviews, n_seq, **kw))
 
 
+def print_labels(rows, flush_every):
+    """Write (label index, its probability, review) rows to stdout as `label<TAB>probability<TAB>review` lines,
+    flushed every `flush_every` lines so a reader of a pipe sees results as they come -> the number written.
+    A reader that stops reading (`| head`) ends it quietly, as cat does."""
+    n = 0
+    try:
+        for n, (label, prob, text) in enumerate(rows, 1):
+            sys.stdout.write(f"{LABELS[label]}\t{prob:.4f}\t{text}\n")
+            if n % flush_every == 0:
+                sys.stdout.flush()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return n
+
+
 def read_lines(path):
     """The lines of a file without their newlines, one at a time."""
     with open(path, "rb") as f:
@@ -198,14 +214,7 @@ def main(argv=None):
     # the texts twice, lazily: one stream feeds the model, the other the printing; tee holds only the window between
     reviews, texts = itertools.tee(itertools.chain(args.text, read_lines(args.input) if args.input else ()))
     results = predict_stream(models, sp, reviews, n_seq, batch_tokens, args.window)
-    try:
-        for n, (text, (label, prob)) in enumerate(zip(texts, results), 1):
-            sys.stdout.write(f"{LABELS[label]}\t{prob:.4f}\t{text}\n")
-            if n % args.window == 0:
-                sys.stdout.flush()  # a window at a time, so a reader of a pipe sees results as they come
-        sys.stdout.flush()
-    except BrokenPipeError:  # the reader stopped reading (`| head`): stop quietly, as cat does
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    print_labels(((label, prob, text) for text, (label, prob) in zip(texts, results)), args.window)
 
 
 if __name__ == "__main__":
