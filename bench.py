@@ -24,6 +24,7 @@ bf16 is used only where the hardware has it (training.cpu_has_bf16): AVX2-only C
 """
 
 import argparse
+import copy
 import os
 import statistics
 import subprocess
@@ -51,6 +52,8 @@ from training import (
     keep_freed_memory,
     matrix_isa,
     mixed_precision,
+    side_by_side,
+    step_threads,
 )
 from vocab import load_vocab
 
@@ -74,6 +77,11 @@ def get_args(argv=None):
     p.add_argument("--gpu", type=int, default=None, help="CUDA device index; CPU when left out")
     p.add_argument(
         "--threads", type=int, default=None, help="CPU threads (default: every core); 1 times steps in thread CPU time"
+    )
+    p.add_argument(
+        "--step_threads", type=int, default=None,
+        help="ours: a step's batch in this many threads side by side, as train.py and pretrain.py run it "
+        "(default as theirs: pretraining 2 on a CPU with 2+ threads, fine-tuning 1; 1: the step in one piece)",
     )
     p.add_argument("--fp32", action="store_true", help="both models in fp32")
     p.add_argument("--plain", action="store_true", help="our plain path, without the training speed paths of model.py")
@@ -200,19 +208,44 @@ def make_hf(kind, config, device, state):
     return m.to(device).train()
 
 
-def race(models, batches, n_tokens, args, device, autocast):
+def plain_step(loss_fn, autocast):
+    """forward and backward of a batch in one piece: loss_fn(m, batch) -> its mean loss."""
+
+    def step(m, b):
+        with autocast:
+            loss = loss_fn(m, b)
+        loss.backward()
+
+    return step
+
+
+def our_step(loss_fn, autocast, threads):
+    """Our forward and backward as train.py and pretrain.py run them: the batch cut in `threads` pieces side by
+    side (training.side_by_side; one piece when 1). loss_fn(m, piece, batch) -> the piece's share of the batch's
+    mean loss, so the pieces' gradients add up to the batch's."""
+
+    def pieces(m, b, share):
+        for piece in share:
+            with copy.copy(autocast):  # a context of its own in each thread
+                loss = loss_fn(m, piece, b)
+            loss.backward()
+        return torch.zeros(1)
+
+    return lambda m, b: side_by_side(lambda share: pieces(m, b, share), [b], threads)
+
+
+def race(models, batches, n_tokens, args, device, threads=1):
     """Alternate full training steps of each model on the same batches; -> {name: [tokens/s per timed step]}."""
     # with one thread on the CPU, that thread's CPU time: other jobs on the machine barely change it
-    clock = time.thread_time if device.type == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
+    one = device.type == "cpu" and torch.get_num_threads() == 1 and threads == 1
+    clock = time.thread_time if one else time.perf_counter
     rates = {name: [] for name in models}
     first = {}
     for i, batch in enumerate(batches):
-        for name, (m, opt, loss_fn) in models.items():
+        for name, (m, opt, step) in models.items():
             sync(device)
             t0, wall0 = clock(), time.perf_counter()
-            with autocast:
-                loss = loss_fn(m, batch)
-            loss.backward()
+            step(m, batch)
             torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -250,6 +283,10 @@ def setup(args, device):
     torch.manual_seed(args.seed)
 
 
+def side_note(threads):
+    return f"; ours in {threads} threads side by side (--step_threads), transformers in one" if threads > 1 else ""
+
+
 def maybe_compile(m, args):
     return torch.compile(m) if args.compile else m
 
@@ -272,11 +309,11 @@ def bench_pretrain(args, device):
         b["full_labels"] = full.scatter_(1, b["mask_pos"], b["mask_label"])  # pad slots put -100 at [CLS], never masked
         batches.append({k: v.to(device) for k, v in b.items()})
 
-    def ours_loss(m, b):
-        mlm, nsp = m(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["mask_pos"])
-        return F.cross_entropy(
-            mlm.float().flatten(0, 1), b["mask_label"].flatten(), ignore_index=-100
-        ) + F.cross_entropy(nsp.float(), 1 - b["is_next"])
+    def ours_loss(m, p, b):  # piece p's share of batch b's mean losses
+        mlm, nsp = m(p["input_ids"], p["token_type_ids"], p["attention_mask"], p["mask_pos"])
+        mlm = F.cross_entropy(mlm.float().flatten(0, 1), p["mask_label"].flatten(), ignore_index=-100, reduction="sum")
+        nsp = F.cross_entropy(nsp.float(), 1 - p["is_next"], reduction="sum")
+        return mlm / (b["mask_label"] != -100).sum() + nsp / len(b["is_next"])
 
     def hf_loss(m, b):
         out = m(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"], attention_mask=b["attention_mask"])
@@ -285,16 +322,20 @@ def bench_pretrain(args, device):
         ) + F.cross_entropy(out.seq_relationship_logits.float(), 1 - b["is_next"])
 
     ours = BertForPreTraining(config).to(device).train()
-    models = {"ours": (maybe_compile(ours, args), configure_optimizer(ours, 1e-4, device_type=device.type), ours_loss)}
+    threads = step_threads(args.step_threads, device, 1)
+    step = our_step(ours_loss, autocast, threads)
+    models = {"ours": (maybe_compile(ours, args), configure_optimizer(ours, 1e-4, device_type=device.type), step)}
     if not args.no_hf:
         hf = make_hf("BertForPreTraining", config, device, ours.state_dict())
-        models["transformers"] = (hf, configure_optimizer(hf, 1e-4, device_type=device.type), hf_loss)
+        models["transformers"] = (
+            hf, configure_optimizer(hf, 1e-4, device_type=device.type), plain_step(hf_loss, autocast)
+        )
     print(
         f"pretraining step: {args.config}, seq {args.seq}, batch {args.batch}, {ran_in(precision)} for both on "
-        f"{device}, {'plain' if args.plain else 'fast'} path{', compiled' if args.compile else ''}; {args.steps} "
-        "timed steps each, alternating"
+        f"{device}, {'plain' if args.plain else 'fast'} path{', compiled' if args.compile else ''}"
+        f"{side_note(threads)}; {args.steps} timed steps each, alternating"
     )
-    rates, first = race(models, batches, lambda b: b["input_ids"].numel(), args, device, autocast)
+    rates, first = race(models, batches, lambda b: b["input_ids"].numel(), args, device, threads)
     med = report(rates, first, "pretrain")
     for name, r in med.items():
         mfu_line("pretrain", name, r, flops_per_token(config, args.seq), device, precision)
@@ -315,8 +356,9 @@ def bench_finetune(args, device):
         for idx in order
     ]
 
-    def ours_loss(m, b):
-        return F.cross_entropy(m(b["input_ids"], attention_mask=b["attention_mask"]).float(), b["labels"])
+    def ours_loss(m, p, b):  # piece p's share of batch b's mean loss
+        logits = m(p["input_ids"], attention_mask=p["attention_mask"]).float()
+        return F.cross_entropy(logits, p["labels"], reduction="sum") / len(b["labels"])
 
     def hf_loss(m, b):
         return F.cross_entropy(
@@ -324,16 +366,21 @@ def bench_finetune(args, device):
         )
 
     ours = BertForSequenceClassification(config).to(device).train()
-    models = {"ours": (maybe_compile(ours, args), configure_optimizer(ours, 5e-5, device_type=device.type), ours_loss)}
+    threads = step_threads(args.step_threads or 1, device, 1)  # as train.py
+    step = our_step(ours_loss, autocast, threads)
+    models = {"ours": (maybe_compile(ours, args), configure_optimizer(ours, 5e-5, device_type=device.type), step)}
     if not args.no_hf:
         hf = make_hf("BertForSequenceClassification", config, device, ours.state_dict())
-        models["transformers"] = (hf, configure_optimizer(hf, 5e-5, device_type=device.type), hf_loss)
+        models["transformers"] = (
+            hf, configure_optimizer(hf, 5e-5, device_type=device.type), plain_step(hf_loss, autocast)
+        )
     print(
         f"fine-tuning step: {args.config}, NSMC reviews of {os.path.basename(args.reviews)} in length-bucketed "
         f"batches of {args.ft_batch} (mean padded length "
         f"{statistics.mean(b['input_ids'].size(1) for b in batches):.0f}), {ran_in(precision)} for both on {device}"
+        f"{side_note(threads)}"
     )
-    rates, first = race(models, batches, lambda b: len(b["labels"]), args, device, autocast)
+    rates, first = race(models, batches, lambda b: len(b["labels"]), args, device, threads)
     med = report(rates, first, "finetune", "reviews/s")
     T = statistics.mean(b["input_ids"].size(1) for b in batches)
     for name, r in med.items():

@@ -8,9 +8,11 @@ Names follow Hugging Face so a state dict crosses over without a mapping table:
 Shapes: B batch, T tokens, H hidden, nh heads, hs head size, P masked positions, V vocabulary.
 """
 
+import contextlib
 import difflib
 import json
 import math
+import threading
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
@@ -109,6 +111,21 @@ def attention_kind(device_type, training):
     return "manual" if device_type == "cpu" else "sdpa"
 
 
+# A thread of training.side_by_side draws its dropout masks and ELECTRA's samples from a generator of its own,
+# so a run does not depend on how its threads interleave; elsewhere they come from torch's default generator.
+_thread = threading.local()
+
+
+@contextlib.contextmanager
+def thread_generator(generator):
+    """Within it, this thread's dropout masks (our CPU dropout) and ELECTRA samples come from `generator`."""
+    _thread.generator = generator
+    try:
+        yield
+    finally:
+        _thread.generator = None
+
+
 def cheap_dropout(device_type):
     """Our 16-bit-mask dropout wins on a CPU (bernoulli_ is ~10 ns per element there); on a GPU F.dropout's
     fused kernel is faster than anything built from torch.randint."""
@@ -130,7 +147,9 @@ def dropout(x, p, training=True):
     if thr >= 65536:
         return x * 0.0
     n = x.numel()
-    bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device).view(torch.int16)[:n]
+    g = getattr(_thread, "generator", None)
+    bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device, generator=g)
+    bits = bits.view(torch.int16)[:n]
     # int16 is uniform on [-32768, 32767]; 0/1 straight into x's dtype, as a bool mask costs ~4x more to apply
     keep = torch.ge(bits.view(x.shape), thr - 32768, out=torch.empty_like(x))
     return x * keep * (65536 / (65536 - thr))
@@ -410,7 +429,8 @@ def generator_config(config, hidden_ratio=0.25):
 
 def sample_tokens(logits, generator=None):
     """One token per row of `logits` (..., V) drawn from softmax(logits) by the Gumbel-max trick, as ELECTRA
-    samples; no gradient flows through the draw."""
+    samples; no gradient flows through the draw. `generator`: the thread's (thread_generator) when None."""
+    generator = generator if generator is not None else getattr(_thread, "generator", None)
     u = torch.rand(logits.shape, generator=generator, device=logits.device)
     return (logits.detach().float() - torch.log(-torch.log(u))).argmax(-1)
 

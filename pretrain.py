@@ -16,6 +16,7 @@ exactly there. SIGINT/SIGTERM save and exit. Logs MLM loss/accuracy and NSP accu
 """
 
 import argparse
+import copy
 import functools
 import os
 import sys
@@ -55,7 +56,9 @@ from training import (
     set_rng_state,
     set_seed,
     setup_distributed,
+    side_by_side,
     split_step,
+    step_threads,
     stop_bad_steps,
     truncate_csv,
 )
@@ -151,6 +154,11 @@ def get_args(argv=None):
     )
     p.add_argument("--gpu", type=int, default=None, help="CUDA device index; CPU when left out")
     p.add_argument("--fp32", action="store_true", help="turn off mixed precision")
+    p.add_argument(
+        "--step_threads", type=int, default=None,
+        help="CPU: run a step's micro-batches in this many threads side by side, the cores shared among them "
+        "(default 2 where torch has 2+ threads; 1: one after the other; always 1 on a GPU and under torchrun)",
+    )
     p.add_argument(
         "--workers", type=int, default=0, help="DataLoader worker processes (0: load in the training process)"
     )
@@ -283,6 +291,8 @@ def check_args(args):
     """-> the steps of --keep_steps, after the checks of the options."""
     if args.epoch < 1 or args.batch < 1 or args.grad_accum < 1:
         raise UserError("--epoch, --batch and --grad_accum must be at least 1")
+    if args.step_threads is not None and args.step_threads < 1:
+        raise UserError(f"--step_threads must be at least 1, got {args.step_threads}")
     if not 0 < args.mask_prob < 1:
         raise UserError(f"--mask_prob must be in (0, 1), got {args.mask_prob}")
     if not 0 < args.gen_hidden_ratio <= 1 or args.disc_weight < 0:
@@ -414,9 +424,11 @@ def main(argv=None):
     elif rng:
         log(f"note: {args.save} was written by {len(rng)} processes, this run has {world}; dropout draws new masks")
     electra = f" (ELECTRA, generator hidden {gen_config.hidden_size})" if gen_config else ""
+    threads = step_threads(args.step_threads, device, world)
+    side = f"; {threads} threads side by side" if threads > 1 else ""
     log(f"model: {count_parameters(model) / 1e6:.1f}M parameters, {config.num_hidden_layers} layers, hidden "
         f"{config.hidden_size}{electra}; {len(data):,} instances; {precision} on {device}; {total_steps:,} steps of "
-        f"effective batch {global_batch} ({args.batch} x {args.grad_accum} micro-batches x {world} processes)")
+        f"effective batch {global_batch} ({args.batch} x {args.grad_accum} micro-batches x {world} processes{side})")
     log_csv, eval_csv = os.path.join(args.log_dir, "log.csv"), os.path.join(args.log_dir, "eval.csv")
     if master:
         os.makedirs(args.log_dir, exist_ok=True)
@@ -475,7 +487,11 @@ def main(argv=None):
                 *counts, signaled = all_sum(counts, world).tolist()
                 if signaled:
                     stop.save_and_exit(save, args.save, step, log)
-                sums[:7] += train_step(model, micro_batches, counts, args, world, device, autocast, scaler)
+                sums[:7] += side_by_side(  # each thread enters its own copy of the autocast context
+                    lambda mb, c=counts: train_step(model, mb, c, args, world, device, copy.copy(autocast), scaler),
+                    micro_batches,
+                    threads,
+                )
                 ok = optimizer_step(model, optimizer, scheduler, scaler, args.clip)
                 step, epoch_step = step + 1, epoch_step + 1
                 bad_steps = 0 if ok else bad_steps + 1

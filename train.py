@@ -22,6 +22,7 @@ exactly where the last one stopped, and deletes it when it is done. SIGINT/SIGTE
 """
 
 import argparse
+import copy
 import math
 import os
 import sys
@@ -60,7 +61,9 @@ from training import (
     set_rng_state,
     set_seed,
     setup_distributed,
+    side_by_side,
     split_step,
+    step_threads,
     stop_bad_steps,
     truncate_csv,
 )
@@ -134,6 +137,12 @@ def get_args(argv=None):
     )
     p.add_argument("--gpu", type=int, default=None, help="CUDA device index; CPU when left out")
     p.add_argument("--fp32", action="store_true", help="turn off mixed precision")
+    p.add_argument(
+        "--step_threads", type=int, default=1,
+        help="CPU: run a step's micro-batches in this many threads side by side, the cores shared among them "
+        "(1: one after the other, the default: a fine-tuning epoch on 2 cores was no faster with 2; pretrain.py "
+        "takes 2 by default; always 1 on a GPU and under torchrun)",
+    )
     p.add_argument("--log_dir", default="runs/train", help="where log.csv, loss.svg and accuracy.svg go")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
@@ -179,6 +188,8 @@ def check_args(args):
         )
     if args.unlabeled_max < 0:
         raise UserError("--unlabeled_max must be at least 0 (0: every line)")
+    if args.step_threads is not None and args.step_threads < 1:
+        raise UserError(f"--step_threads must be at least 1, got {args.step_threads}")
     require_file(args.config, "pass --config config_half.json or config.json")
     if args.unlabeled:
         require_file(args.unlabeled, "make it with `python predict.py --input REVIEWS --save MODEL > FILE`")
@@ -346,7 +357,9 @@ def main(argv=None):
     total_steps = steps_per_epoch * args.epoch
     warmup = max(1, int(args.warmup * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_warmup_decay(s, warmup, total_steps))
+    threads = step_threads(args.step_threads, device, world)
     split = f"; parts of at most {args.batch_tokens:,} padded tokens" if args.batch_tokens else ""
+    split += f"; {threads} threads side by side" if threads > 1 else ""
     log(f"{total_steps:,} steps of effective batch {global_batch} ({args.batch} x {args.grad_accum} micro-batches x "
         f"{world} processes{split})")
 
@@ -418,7 +431,11 @@ def main(argv=None):
                 n_step, signaled = all_sum(counts, world).tolist()
                 if signaled:
                     stop.save_and_exit(save_state, resume, step, log)
-                epoch_sums += train_step(model, micro, n_step, world, device, autocast, scaler)
+                epoch_sums += side_by_side(  # each thread enters its own copy of the autocast context
+                    lambda ps, n=n_step: train_step(model, ps, n, world, device, copy.copy(autocast), scaler),
+                    micro,
+                    threads,
+                )
                 ok = optimizer_step(model, optimizer, scheduler, scaler, args.clip)
                 step, epoch_step = step + 1, epoch_step + 1
                 if device.type == "cpu" and step % TRIM_EVERY == 0:
