@@ -302,8 +302,9 @@ def step_threads(requested, device, world):
 def side_by_side(step, parts, threads):
     """step(some parts) -> a tensor of summed counts; run it on `threads` shares of a step's micro-batches (dicts
     of batch-first tensors) at once, each share in a thread of its own with its share of the cores, and add up
-    what they return. At config_half's sizes one op does not keep two cores busy: on 2 cores a fine-tuning step
-    of 64 reviews ran 1.2x faster as two halves on one core each, a pretraining step 1.1x (docs/speed.md).
+    what they return. At config_half's sizes one op does not keep two cores busy: on 2 cores pretrain.py's step
+    of 8 micro-batches of 16 one-review instances ran 1.22-1.32x faster as two shares on one core each; a
+    fine-tuning epoch (train.py, batch 64) was no faster, so train.py keeps 1 by default (docs/speed.md).
 
     The gradients add up in .grad as they would one micro-batch after the other (the callers normalize the
     loss over the whole step), so it is the same step. A share is a set of whole micro-batches, balanced by
