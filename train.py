@@ -188,7 +188,7 @@ def check_args(args):
         )
     if args.unlabeled_max < 0:
         raise UserError("--unlabeled_max must be at least 0 (0: every line)")
-    if args.step_threads is not None and args.step_threads < 1:
+    if args.step_threads < 1:  # its default is 1, never None
         raise UserError(f"--step_threads must be at least 1, got {args.step_threads}")
     require_file(args.config, "pass --config config_half.json or config.json")
     if args.unlabeled:
