@@ -56,11 +56,13 @@ def test_dropout_gradient_and_eval():
     assert m(x) is x
 
 
-def test_fast_training_path_is_the_plain_math(monkeypatch):
+@pytest.mark.parametrize("p", [0.1, 0.0])
+def test_fast_training_path_is_the_plain_math(monkeypatch, p):
     """Training mode without dropout randomness: fused QKV + manual attention (with padding) + the last layer at
-    [CLS] and the masked positions only == the plain path, outputs and grads."""
+    [CLS] and the masked positions only == the plain path, outputs and grads. The CPU takes the manual attention
+    with dropout 0 too (a config without dropout, as for pretraining without it): SDPA is not called."""
     torch.manual_seed(0)
-    config = BertConfig(**CFG)  # attention dropout 0.1, so the manual attention path is taken
+    config = BertConfig(**{**CFG, "hidden_dropout_prob": p, "attention_probs_dropout_prob": p})
     net = BertForPreTraining(config)
     ids, types, mask = batch()
     pos = torch.tensor([[1, 4], [2, 3], [1, 0]])  # a pad slot points at [CLS], as collate_pretrain's do
@@ -78,7 +80,11 @@ def test_fast_training_path_is_the_plain_math(monkeypatch):
     plain = run(False)
     net.train()
     monkeypatch.setattr(model, "dropout", lambda x, p, training=True: x)  # dropout off, every fast path on
+    sdpa = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(model.F, "scaled_dot_product_attention", lambda *a, **k: sdpa.append(1) or real_sdpa(*a, **k))
     fast = run(True)
+    assert sdpa == []
     assert shapes == [ids.size(1), 1 + pos.size(1)]  # the last layer's FFN: all T positions, then [CLS] + P
     for a, b in zip(fast, plain):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
@@ -120,7 +126,7 @@ def test_classifier_training_path_is_the_plain_math(monkeypatch, kind):
     logits and every gradient equal the plain full computation's, and the last layer really is cut to one
     position."""
     torch.manual_seed(0)
-    # the manual branch needs attention dropout > 0 (our dropout is taken out below); SDPA's dropout_p must be 0
+    # our dropout is taken out below; SDPA's dropout_p must be 0 for the same math
     off = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0} if kind == "sdpa" else {}
     net = BertForSequenceClassification(BertConfig(**{**CFG, **off}))
     ids, types, mask = batch()
