@@ -141,7 +141,7 @@ def dropout(x, p, training=True):
     are scaled by 1 / (1 - that), so the expectation is exactly x."""
     if not training or p == 0.0:
         return x
-    if not cheap_dropout(x.device.type):
+    if not cheap_dropout(x.device.type) or torch.compiler.is_compiling():  # compiled: inductor fuses F.dropout
         return F.dropout(x, p, True)
     thr = round(p * 65536)
     if thr >= 65536:

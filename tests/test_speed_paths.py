@@ -56,6 +56,17 @@ def test_dropout_gradient_and_eval():
     assert m(x) is x
 
 
+def test_dropout_traces_under_torch_compile_with_dynamic_shapes():
+    """`bench.py --compile` on a CPU: a dynamic-shape trace cannot size torch.randint's words (it failed with
+    "SymIntArrayRef expected to contain only concrete integers"), so compiled code takes F.dropout, which inductor
+    fuses. The eager backend traces as inductor does, without its C++ compile."""
+    torch.manual_seed(0)
+    f = torch.compile(lambda x: dropout(x, 0.5), backend="eager", dynamic=True)
+    for n in (64, 96):  # a second length, so the trace is the dynamic one
+        y = f(torch.ones(n, 8))
+        assert set(y.unique().tolist()) <= {0.0, 2.0} and 0.3 < (y == 0).float().mean() < 0.7
+
+
 @pytest.mark.parametrize("p", [0.1, 0.0])
 def test_fast_training_path_is_the_plain_math(monkeypatch, p):
     """Training mode without dropout randomness: fused QKV + manual attention (with padding) + the last layer at
