@@ -89,6 +89,10 @@ def get_args(argv=None):
         "--compile", action="store_true", help="torch.compile our model (the first steps' compile time is reported)"
     )
     p.add_argument("--no_hf", action="store_true", help="time ours only (no transformers needed)")
+    p.add_argument(
+        "--profile", type=int, default=0, metavar="N",
+        help="pretrain/finetune: then N more steps of ours under torch.profiler, and its top ops by self CPU time",
+    )
     p.add_argument("--curve_steps", type=int, default=200, help="steps of each path for --task curve")
     p.add_argument(
         "--reviews", default=os.path.join(SAMPLE, "ratings_train.txt"), help="NSMC file for --task finetune / predict"
@@ -234,6 +238,25 @@ def our_step(loss_fn, autocast, threads):
     return lambda m, b: side_by_side(lambda share: pieces(m, b, share), [b], threads)
 
 
+def train_step(m, opt, step, batch):
+    step(m, batch)
+    torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def profile(models, batches, args, what):
+    """--profile N: N more steps of ours under torch.profiler; where a step's time goes, by op."""
+    if not args.profile:
+        return
+    m, opt, step = models["ours"]
+    with torch.profiler.profile() as prof:
+        for batch in (batches * args.profile)[: args.profile]:
+            train_step(m, opt, step, batch)
+    print(f"{what} ours, {args.profile} steps under torch.profiler, top ops by self CPU time:")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
 def race(models, batches, n_tokens, args, device, threads=1):
     """Alternate full training steps of each model on the same batches; -> {name: [tokens/s per timed step]}."""
     # with one thread on the CPU, that thread's CPU time: other jobs on the machine barely change it
@@ -245,10 +268,7 @@ def race(models, batches, n_tokens, args, device, threads=1):
         for name, (m, opt, step) in models.items():
             sync(device)
             t0, wall0 = clock(), time.perf_counter()
-            step(m, batch)
-            torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            train_step(m, opt, step, batch)
             sync(device)  # the one host sync per step: timing needs it, training does not
             dt = clock() - t0
             first.setdefault(name, time.perf_counter() - wall0)  # wall time: torch.compile works in other processes too
@@ -337,6 +357,7 @@ def bench_pretrain(args, device):
     )
     rates, first = race(models, batches, lambda b: b["input_ids"].numel(), args, device, threads)
     med = report(rates, first, "pretrain")
+    profile(models, batches, args, "pretrain")
     for name, r in med.items():
         mfu_line("pretrain", name, r, flops_per_token(config, args.seq), device, precision)
     return med
@@ -382,6 +403,7 @@ def bench_finetune(args, device):
     )
     rates, first = race(models, batches, lambda b: len(b["labels"]), args, device, threads)
     med = report(rates, first, "finetune", "reviews/s")
+    profile(models, batches, args, "finetune")
     T = statistics.mean(b["input_ids"].size(1) for b in batches)
     for name, r in med.items():
         per_review = statistics.mean(1 / x for x in rates[name])  # a run takes the sum of its steps' times

@@ -245,9 +245,13 @@ def test_bench_runs(tmp_path, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith("predict: ours ") and "x before" in out[-1] and "x transformers" in out[-1]
     work = str(tmp_path / "w")
-    bench.main(["--task", "finetune", "--config", str(cfg), "--steps", "3", "--warmup", "1", "--work", work])
-    epoch = [line for line in capsys.readouterr().out.splitlines() if "one NSMC epoch" in line]
+    bench.main(
+        ["--task", "finetune", "--config", str(cfg), "--steps", "3", "--warmup", "1", "--work", work, "--profile", "2"]
+    )
+    out = capsys.readouterr().out
+    epoch = [line for line in out.splitlines() if "one NSMC epoch" in line]
     assert len(epoch) == 2 and all("min at the mean step time" in line for line in epoch)  # ours, transformers
+    assert "finetune ours, 2 steps under torch.profiler" in out and "aten::" in out and "Self CPU" in out
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA GPU"):
             bench.main(["--gpu", "0", "--config", str(cfg)])
