@@ -128,8 +128,9 @@ def thread_generator(generator):
 
 def cheap_dropout(device_type):
     """Our 16-bit-mask dropout wins on a CPU (bernoulli_ is ~10 ns per element there); on a GPU F.dropout's
-    fused kernel is faster than anything built from torch.randint."""
-    return FAST and device_type == "cpu"
+    fused kernel is faster than anything built from torch.randint. Compiled code takes F.dropout too: a trace with
+    dynamic shapes cannot size torch.randint's words, and inductor fuses F.dropout."""
+    return FAST and device_type == "cpu" and not torch.compiler.is_compiling()
 
 
 def dropout(x, p, training=True):
@@ -141,7 +142,7 @@ def dropout(x, p, training=True):
     are scaled by 1 / (1 - that), so the expectation is exactly x."""
     if not training or p == 0.0:
         return x
-    if not cheap_dropout(x.device.type) or torch.compiler.is_compiling():  # compiled: inductor fuses F.dropout
+    if not cheap_dropout(x.device.type):
         return F.dropout(x, p, True)
     thr = round(p * 65536)
     if thr >= 65536:
