@@ -44,6 +44,7 @@ from model import BertConfig, BertForPreTraining, BertForSequenceClassification,
 from nsmc import collate_reviews, encode_reviews, length_batches, read_nsmc
 from store import PretrainStore, collate_pretrain
 from training import (
+    backward,
     cpu_flags,
     cpu_has_bf16,
     cpu_model,
@@ -232,7 +233,7 @@ def our_step(loss_fn, autocast, threads):
         for piece in share:
             with copy.copy(autocast):  # a context of its own in each thread
                 loss = loss_fn(m, piece, b)
-            loss.backward()
+            backward(loss, m)
         return torch.zeros(1)
 
     return lambda m, b: side_by_side(lambda share: pieces(m, b, share), [b], threads)

@@ -43,6 +43,7 @@ from training import (
     StopSignal,
     all_sum,
     append_csv,
+    backward,
     finish_distributed,
     gather_rng_states,
     ignore_sigint,
@@ -369,7 +370,7 @@ def train_step(model, micro_batches, counts, args, world, device, autocast, scal
         else:
             mlm_loss, nsp_loss, log_counts = pretraining_losses(model, batch, autocast)
             loss = (mlm_loss / max(n_mask, 1) + nsp_loss / n_inst) * world
-        (scaler.scale(loss) if scaler is not None else loss).backward()
+        backward(scaler.scale(loss) if scaler is not None else loss, model)  # training.backward: see side_by_side
         sums[:6] += log_counts
         sums[6] += batch["attention_mask"].sum()
     return sums

@@ -50,6 +50,7 @@ from training import (
     StopSignal,
     all_sum,
     append_csv,
+    backward,
     finish_distributed,
     gather_rng_states,
     linear_warmup_decay,
@@ -313,7 +314,7 @@ def train_step(model, micro, n_step, world, device, autocast, scaler):
         # the mean over the whole step, so N processes x batch B x K micro-batches make the gradient of
         # one process with batch N*B*K; DDP divides by the number of processes, hence * world
         loss = loss_sum / n_step * world
-        (scaler.scale(loss) if scaler is not None else loss).backward()
+        backward(scaler.scale(loss) if scaler is not None else loss, model)  # training.backward: see side_by_side
         sums += torch.stack([loss_sum.detach().double(), torch.tensor(len(b["labels"]), device=device)])
     return sums
 

@@ -299,6 +299,25 @@ def step_threads(requested, device, world):
     return 2 if torch.get_num_threads() >= 2 else 1
 
 
+# .grads in each thread of side_by_side: its share's gradient sums, which `backward` adds to
+_share = threading.local()
+
+
+def backward(loss, model):
+    """loss.backward(); in a thread of side_by_side, into the thread's own sums instead, which side_by_side adds
+    to .grad share by share. Threads adding into one .grad as they finish would group a step's sum by timing, and
+    float addition is not associative: (a1 + b1) + a2 is not (a1 + a2) + b1 to the bit, so a run would not repeat
+    (seen in 46 of 300 repeats of a 3-micro-batch step on 2 threads)."""
+    sums = getattr(_share, "grads", None)
+    if sums is None:
+        loss.backward()
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True)):
+        if g is not None:
+            sums[p] = sums[p].add_(g) if p in sums else g
+
+
 def side_by_side(step, parts, threads):
     """step(some parts) -> a tensor of summed counts; run it on `threads` shares of a step's micro-batches (dicts
     of batch-first tensors) at once, each share in a thread of its own with its share of the cores, and add up
@@ -306,11 +325,13 @@ def side_by_side(step, parts, threads):
     of 8 micro-batches of 16 one-review instances ran 1.22-1.32x faster as two shares on one core each; a
     fine-tuning epoch (train.py, batch 64) was no faster, so train.py keeps 1 by default (docs/speed.md).
 
-    The gradients add up in .grad as they would one micro-batch after the other (the callers normalize the
-    loss over the whole step), so it is the same step. A share is a set of whole micro-batches, balanced by
-    tokens; with fewer micro-batches than threads each is cut along the batch. Each thread draws its dropout
-    masks from its own generator, seeded from torch's default one, so a run, and a resumed one, does not depend
-    on how the threads interleave."""
+    The step's backward passes go through `backward`, so each thread sums its share's gradients apart, and they
+    are added to .grad in share order when all are done: the step's gradient, as one micro-batch after the other
+    gives it up to rounding (the callers normalize the loss over the whole step), so it is the same step. A share
+    is a set of whole micro-batches, balanced by tokens; with fewer micro-batches than threads each is cut along
+    the batch. Each thread draws its dropout masks from its own generator, seeded from torch's default one, and
+    the sums are added in a fixed order, so a run, and a resumed one, does not depend on how the threads
+    interleave."""
     if threads <= 1:
         return step(parts)
     if len(parts) < threads:  # cut along the batch; a batch smaller than `threads` gives fewer pieces
@@ -324,14 +345,17 @@ def side_by_side(step, parts, threads):
         load[k] += b["input_ids"].numel()
     shares = [s for s in shares if s]
     seeds = torch.randint(2**62, (len(shares),)).tolist()
-    out, errors = [None] * len(shares), []
+    out, errors, sums = [None] * len(shares), [], [{} for _ in shares]
 
     def work(k):
+        _share.grads = sums[k]
         try:
             with thread_generator(torch.Generator().manual_seed(seeds[k])):
                 out[k] = step(shares[k])
         except BaseException as e:  # noqa: BLE001 - raised again in the calling thread
             errors.append(e)
+        finally:
+            _share.grads = None
 
     n = torch.get_num_threads()
     torch.set_num_threads(max(1, n // len(shares)))  # a new thread takes the count set when it starts its first op
@@ -345,6 +369,9 @@ def side_by_side(step, parts, threads):
         torch.set_num_threads(n)
     if errors:
         raise errors[0]
+    for grads in sums:  # share 0's sums, then share 1's, ...: one order whichever thread finished first
+        for p, g in grads.items():
+            p.grad = g if p.grad is None else p.grad.add_(g)
     return sum(out[1:], out[0])
 
 

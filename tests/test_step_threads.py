@@ -4,6 +4,7 @@ resumes to the very weights of an uninterrupted one."""
 
 import contextlib
 import signal
+import time
 import types
 
 import pytest
@@ -101,6 +102,33 @@ def test_fine_tuning_step_side_by_side_is_the_same_step():
     assert_close_grads(g1, grads(m))
 
 
+def test_the_shares_add_up_in_one_order_whichever_thread_finishes_first():
+    """Three micro-batches on 2 threads, so one thread's share holds two: the step's gradient is the same to the
+    bit when that thread finishes first and when it finishes last (threads adding into .grad as they finished
+    summed (a + b) + c one time and (b + c) + a the other)."""
+    config = BertConfig(**{**MICRO0, "vocab_size": 1007})
+    torch.manual_seed(0)
+    m = BertForSequenceClassification(config).train()
+    micro = []
+    for n in (8, 6, 5):  # shares: [8] and [6, 5]
+        ids = torch.randint(5, 1007, (n, 12))
+        micro.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 2, (n,))})
+
+    def run(late):  # the thread whose share has `late` micro-batches starts 0.3 s after the other
+        def step(ps):
+            if len(ps) == late:
+                time.sleep(0.3)
+            return train.train_step(m, ps, 19, 1, CPU, contextlib.nullcontext(), None)
+
+        m.zero_grad(set_to_none=True)
+        side_by_side(step, micro, 2)
+        return grads(m)
+
+    first, last = run(1), run(2)
+    assert first.keys() == last.keys()
+    assert all(torch.equal(first[k], last[k]) for k in first)
+
+
 def test_a_thread_draws_its_masks_from_its_own_generator():
     """Within thread_generator(g) dropout and ELECTRA's samples come from g, not from torch's default generator,
     so threads side by side do not take each other's draws."""
@@ -171,7 +199,9 @@ def test_fine_tuning_with_threads_resumes_exactly(setup, tmp_path, capsys):
     assert p.returncode == -signal.SIGKILL
     train.main(finetune_args(setup, cut, "--save_steps", "1", "--step_threads", "2"))
     a, b = torch.load(ref / "best.pth", weights_only=True), torch.load(cut / "best.pth", weights_only=True)
-    assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+    differ = [k for k, v in a["model"].items() if not torch.equal(v, b["model"][k])]
+    logs = [(d / "log" / "log.csv").read_text() for d in (ref, cut)]
+    assert not differ, (differ, *logs)  # the logs say from which epoch on the runs parted
 
 
 def test_bad_step_threads_is_one_line(setup, tmp_path):
