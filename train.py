@@ -106,6 +106,13 @@ def get_args(argv=None):
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--warmup", type=float, default=0.1, help="warmup steps, as a fraction of all steps")
     p.add_argument("--weight_decay", type=float, default=0.01)
+    p.add_argument(
+        "--layer_decay",
+        type=float,
+        default=1.0,
+        help="layer-wise LR decay (ELECTRA's fine-tuning): each encoder layer trains at this times the LR of the "
+        "one above, the head at --lr (1: one LR for all)",
+    )
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument(
         "--n_seq",
@@ -189,6 +196,8 @@ def check_args(args):
         )
     if args.unlabeled_max < 0:
         raise UserError("--unlabeled_max must be at least 0 (0: every line)")
+    if not 0 < args.layer_decay <= 1:
+        raise UserError(f"--layer_decay must be in (0, 1], got {args.layer_decay}")
     if args.step_threads < 1:  # its default is 1, never None
         raise UserError(f"--step_threads must be at least 1, got {args.step_threads}")
     require_file(args.config, "pass --config config_half.json or config.json")
@@ -286,6 +295,7 @@ def restore_state(path, args, config, fields, model, optimizer, scheduler, scale
     if not state["epoch_step"]:
         fields.pop("global_batch")  # only the data order within an epoch depends on it
     state.setdefault("valid_seed", state["seed"])  # a state from before --valid_seed drew its split from --seed
+    state.setdefault("layer_decay", 1.0)  # and one from before --layer_decay had one LR
     for name, value in fields.items():
         if state[name] != value:
             raise UserError(
@@ -354,21 +364,24 @@ def main(argv=None):
         raise UserError(
             f"{args.train} leaves {len(train_ids)} training reviews, fewer than processes x --grad_accum ({min_size})"
         )
-    optimizer = configure_optimizer(model, args.lr, args.weight_decay, device_type=device.type)
+    optimizer = configure_optimizer(model, args.lr, args.weight_decay, device_type=device.type,
+                                    layer_decay=args.layer_decay)
     total_steps = steps_per_epoch * args.epoch
     warmup = max(1, int(args.warmup * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_warmup_decay(s, warmup, total_steps))
     threads = step_threads(args.step_threads, device, world)
     split = f"; parts of at most {args.batch_tokens:,} padded tokens" if args.batch_tokens else ""
     split += f"; {threads} threads side by side" if threads > 1 else ""
+    split += f"; LR x {args.layer_decay} a layer down (--layer_decay)" if args.layer_decay < 1 else ""
     log(f"{total_steps:,} steps of effective batch {global_batch} ({args.batch} x {args.grad_accum} micro-batches x "
         f"{world} processes{split})")
 
     # resume: epochs done, optimizer steps done, steps into the current epoch, the best epoch so far
     epoch, step, epoch_step, best, rng = 0, 0, 0, None, None
     epoch_sums = torch.zeros(2, dtype=torch.float64, device=device)  # this epoch's training loss and reviews so far
-    fields = {"n_seq": args.n_seq, "valid": args.valid, "seed": args.seed, "valid_seed": args.valid_seed,
-              "train_reviews": len(train_ids), "global_batch": global_batch}  # a resumed run must have the same
+    fields = {"n_seq": args.n_seq, "valid": args.valid, "seed": args.seed, "valid_seed": args.valid_seed,  # a resumed
+              "train_reviews": len(train_ids), "global_batch": global_batch,  # run must have the same
+              "layer_decay": args.layer_decay}
     if os.path.exists(resume):
         state = restore_state(resume, args, config, dict(fields), model, optimizer, scheduler, scaler)
         epoch, step, epoch_step, best, rng = (state[k] for k in ("epoch", "step", "epoch_step", "best", "rng"))

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 from conftest import CFG
@@ -92,6 +93,35 @@ def test_no_weight_decay_on_bias_and_layernorm():
     assert id(model.cls.predictions.bias) in ids_nd
     assert id(model.bert.encoder.layer[0].attention.self.query.weight) not in ids_nd
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+def test_layer_wise_lr_decay():
+    """--layer_decay 0.5 on 2 layers: the head at lr, the pooler at lr/2, the top layer lr/4, the bottom one lr/8, the
+    embeddings lr/16; weight decay on matrices only, as with one LR; the scheduler keeps the ratios."""
+    model = BertForSequenceClassification(BertConfig(**CFG))
+    opt = configure_optimizer(model, 1e-3, weight_decay=0.01, layer_decay=0.5)
+    lr, decay = {}, {}
+    for g in opt.param_groups:
+        for p in g["params"]:
+            lr[id(p)], decay[id(p)] = g["lr"], g["weight_decay"]
+    assert len(lr) == len(list(model.parameters()))
+    layers = model.bert.encoder.layer
+    for p, want in [
+        (model.classifier.weight, 1e-3),
+        (model.bert.pooler.dense.bias, 5e-4),
+        (layers[1].output.dense.weight, 2.5e-4),
+        (layers[1].attention.self.query.weight, 2.5e-4),
+        (layers[0].output.LayerNorm.weight, 1.25e-4),
+        (model.bert.embeddings.word_embeddings.weight, 6.25e-5),
+        (model.bert.embeddings.LayerNorm.bias, 6.25e-5),
+    ]:
+        assert lr[id(p)] == pytest.approx(want)
+        assert decay[id(p)] == (0.01 if p.dim() >= 2 else 0.0)
+    assert opt.param_groups[0]["lr"] == 1e-3  # the head's group first: get_last_lr()[0] is --lr's schedule
+    before = [g["lr"] for g in opt.param_groups]
+    torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1)  # scales each group's own LR
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.1 * x for x in before])
+    assert len(configure_optimizer(model, 1e-3).param_groups) == 2  # 1: the two groups of before
 
 
 def test_few_steps_lower_the_loss():

@@ -231,11 +231,22 @@ def test_fine_tuning_killed_in_a_save_resumes_exactly(setup, tmp_path):
     assert p.returncode == -signal.SIGKILL
     # saves 1-30: steps 1-30; epoch 1 ends at step 31: 31 the best model, 32 the state; 33-39: steps 32-38
     assert torch.load(cut / "best.resume.pth", weights_only=True)["step"] == 38
+    with pytest.raises(UserError, match=r"best\.resume\.pth has layer_decay=1\.0 but this run has layer_decay=0\.8"):
+        train.main(finetune_args(setup, cut, "--save_steps", "1", "--layer_decay", "0.8"))
     train.main(finetune_args(setup, cut, "--save_steps", "1"))
     assert not os.path.exists(cut / "best.resume.pth")  # done: only the model is left
     a, b = torch.load(ref / "best.pth", weights_only=True), torch.load(cut / "best.pth", weights_only=True)
     assert a["epoch"] == b["epoch"] and a["valid_acc"] == b["valid_acc"]
     assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+
+
+def test_fine_tuning_with_layer_wise_lr_decay(setup, tmp_path, capsys):
+    train.main(finetune_args(setup, tmp_path, "--epoch", "1", "--layer_decay", "0.8"))
+    assert "LR x 0.8 a layer down (--layer_decay)" in capsys.readouterr().out
+    assert torch.load(tmp_path / "best.pth", weights_only=True)["epoch"] == 1
+    for bad in ("0", "1.5"):
+        with pytest.raises(UserError, match=rf"--layer_decay must be in \(0, 1\], got {bad}"):
+            train.main(finetune_args(setup, tmp_path, "--layer_decay", bad))
 
 
 def test_a_second_fine_tuning_on_one_save_is_refused(setup, tmp_path):
