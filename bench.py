@@ -633,7 +633,6 @@ def bench_curve(args, device):
                 sums.zero_()
         curves[path] = rows
         print(f"curve {path}: {args.curve_steps} steps in {time.perf_counter() - t0:.0f} s")
-    ours_model.FAST = not args.plain
     print(
         f"curve: {args.config}, batch {args.batch}, {precision} on {device}, lr 5e-4 (20 warmup steps); "
         f"mean loss per {every} steps"
@@ -657,25 +656,30 @@ def main(argv=None):
         raise UserError("--warmup must be at least 0")
     require_file(args.config, "pass --config config_half.json or config.json")
     device = get_device(args.gpu)
-    setup(args, device)
-    print(describe_machine(device))
-    if args.task in ("data", "all"):
-        bench_data(args)
-    if args.task in ("memory", "all"):
-        bench_memory(args)
-    if args.task in ("finetune", "all"):
-        bench_finetune(args, device)
-    if args.task in ("predict", "all"):
-        bench_predict(args, device)
-    if args.task == "curve":
-        bench_curve(args, device)
-    if args.task in ("pretrain", "all"):
-        med = bench_pretrain(args, device)
-        if "transformers" in med:
-            print(
-                f"speedup vs transformers: {med['ours'] / med['transformers']:.2f}x "
-                f"(ours {med['ours']:,.0f} tok/s, transformers {med['transformers']:,.0f} tok/s)"
-            )
+    fast, threads = ours_model.FAST, torch.get_num_threads()
+    try:  # tests call main() in-process: leave the model's path and the thread count as they were
+        setup(args, device)
+        print(describe_machine(device))
+        if args.task in ("data", "all"):
+            bench_data(args)
+        if args.task in ("memory", "all"):
+            bench_memory(args)
+        if args.task in ("finetune", "all"):
+            bench_finetune(args, device)
+        if args.task in ("predict", "all"):
+            bench_predict(args, device)
+        if args.task == "curve":
+            bench_curve(args, device)
+        if args.task in ("pretrain", "all"):
+            med = bench_pretrain(args, device)
+            if "transformers" in med:
+                print(
+                    f"speedup vs transformers: {med['ours'] / med['transformers']:.2f}x "
+                    f"(ours {med['ours']:,.0f} tok/s, transformers {med['transformers']:,.0f} tok/s)"
+                )
+    finally:
+        ours_model.FAST = fast
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

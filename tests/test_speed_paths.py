@@ -203,6 +203,7 @@ def test_fast_and_plain_train_alike():
 
 def test_bench_runs(tmp_path, capsys):
     pytest.importorskip("transformers")
+    threads = torch.get_num_threads()
     cfg = tmp_path / "tiny.json"
     cfg.write_text(
         '{"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, '
@@ -240,10 +241,14 @@ def test_bench_runs(tmp_path, capsys):
             "1",
             "--work",
             str(tmp_path / "w"),
+            "--plain",
+            "--threads",
+            str(threads + 1),
         ]
     )
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith("predict: ours ") and "x before" in out[-1] and "x transformers" in out[-1]
+    assert model.FAST and torch.get_num_threads() == threads  # --plain and --threads last only as long as main()
     work = str(tmp_path / "w")
     bench.main(
         ["--task", "finetune", "--config", str(cfg), "--steps", "3", "--warmup", "1", "--work", work, "--profile", "2"]
