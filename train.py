@@ -379,7 +379,7 @@ def main(argv=None):
     # resume: epochs done, optimizer steps done, steps into the current epoch, the best epoch so far
     epoch, step, epoch_step, best, rng = 0, 0, 0, None, None
     epoch_sums = torch.zeros(2, dtype=torch.float64, device=device)  # this epoch's training loss and reviews so far
-    # a resumed run must have the same
+    # a resumed run must have the same values of these (checked against the saved state)
     fields = {"n_seq": args.n_seq, "valid": args.valid, "seed": args.seed, "valid_seed": args.valid_seed,
               "train_reviews": len(train_ids), "global_batch": global_batch, "layer_decay": args.layer_decay}
     if os.path.exists(resume):
