@@ -15,6 +15,7 @@ import math
 import threading
 from dataclasses import asdict, dataclass, fields, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -127,33 +128,44 @@ def thread_generator(generator):
 
 
 def cheap_dropout(device_type):
-    """Our 16-bit-mask dropout wins on a CPU (bernoulli_ is ~10 ns per element there); on a GPU F.dropout's
-    fused kernel is faster than anything built from torch.randint. Compiled code takes F.dropout too: a trace with
-    dynamic shapes cannot size torch.randint's words, and inductor fuses F.dropout."""
+    """Our 16-bit-mask dropout wins on a CPU (bernoulli_ is ~6-10 ns per element there); on a GPU F.dropout's
+    fused kernel is faster than anything built on the host. Compiled code takes F.dropout too: a trace with
+    dynamic shapes cannot size the random words, and inductor fuses F.dropout."""
     return FAST and device_type == "cpu" and not torch.compiler.is_compiling()
 
 
-def dropout(x, p, training=True):
-    """Inverted dropout, as F.dropout, with masks from 16 random bits per element.
+def random_int16(n, generator=None):
+    """n uniform int16 (a CPU tensor): 64-bit words of numpy's SFC64, seeded from one draw of torch's generator
+    (so torch.manual_seed and the RNG state a checkpoint keeps decide them). SFC64 fills words ~3x faster than
+    torch's CPU generator (mt19937: ~5 ns a word on a Xeon, the dropout masks were ~9% of a fine-tuning step)."""
+    seed = int(torch.randint(2**63 - 1, (), generator=generator))
+    words = np.random.SFC64(seed).random_raw((n + 3) // 4)
+    return torch.from_numpy(words.view(np.int16)[:n])
 
-    On the CPU, F.dropout's bernoulli_ costs ~10 ns per element and was a third of a pretraining
-    step; one 64-bit torch.randint word feeds 4 elements (~1 ns each). Each element is dropped
+
+def dropout(x, p, training=True, residual=None):
+    """Inverted dropout, as F.dropout, with masks from 16 random bits per element; with `residual`, residual +
+    dropout(x) (post-LN BERT's sum before each LayerNorm) in one kernel (addcmul) on the CPU.
+
+    On the CPU, F.dropout's bernoulli_ costs ~6-10 ns per element and was a third of a pretraining
+    step; one 64-bit random word feeds 4 elements. Each element is dropped
     independently with probability round(p * 65536) / 65536 (within 8e-6 of p), and the survivors
     are scaled by 1 / (1 - that), so the expectation is exactly x."""
     if not training or p == 0.0:
-        return x
+        return x if residual is None else residual + x
     if not cheap_dropout(x.device.type):
-        return F.dropout(x, p, True)
+        y = F.dropout(x, p, True)
+        return y if residual is None else residual + y
     thr = round(p * 65536)
     if thr >= 65536:
-        return x * 0.0
-    n = x.numel()
-    g = getattr(_thread, "generator", None)
-    bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device, generator=g)
-    bits = bits.view(torch.int16)[:n]
+        return x * 0.0 if residual is None else residual + x * 0.0
+    bits = random_int16(x.numel(), getattr(_thread, "generator", None)).view(x.shape)
     # int16 is uniform on [-32768, 32767]; 0/1 straight into x's dtype, as a bool mask costs ~4x more to apply
-    keep = torch.ge(bits.view(x.shape), thr - 32768, out=torch.empty_like(x))
-    return x * keep * (65536 / (65536 - thr))
+    keep = torch.ge(bits, thr - 32768, out=torch.empty_like(x))
+    scale = 65536 / (65536 - thr)  # a Python float: applied at full precision, also to bf16 x
+    if residual is None:
+        return x * keep * scale
+    return torch.addcmul(residual, x, keep, value=scale)
 
 
 class Dropout(nn.Module):
@@ -210,16 +222,18 @@ class SelfAttention(nn.Module):
         B, H, hs = x.size(0), x.size(2), x.size(2) // self.n_head
         kind = attention_kind(x.device.type, self.training)
         fuse = kind != "plain"
+        # the manual path's 1/sqrt(hs) goes into the query's weights (a power of 2 for hs 64: exact in bf16 too)
+        c = 1.0 / math.sqrt(hs) if kind == "manual" else 1.0
         if xq is None:
-            q, k, v = self.heads(x, (self.query, self.key, self.value), fuse)  # 3 x (B, nh, T, hs)
+            q, k, v = self.heads(x, (self.query, self.key, self.value), fuse, c)  # 3 x (B, nh, T, hs)
         else:
-            (q,) = self.heads(xq, (self.query,), fuse)  # (B, nh, R, hs)
+            (q,) = self.heads(xq, (self.query,), fuse, c)  # (B, nh, R, hs)
             k, v = self.heads(x, (self.key, self.value), fuse)
         if kind == "manual":
             # SDPA with dropout_p takes its math path on the CPU and draws a bernoulli_ mask of B*nh*T*T;
             # the same math with our cheaper dropout on the attention probabilities. Without dropout this is still
             # the faster training step on a CPU (docs/speed.md: SDPA 0.63-0.71 s a pretraining step, this 0.54-0.57)
-            att = (q * (1.0 / math.sqrt(hs))) @ k.transpose(-2, -1)  # (B, nh, T, T)
+            att = q @ k.transpose(-2, -1)  # (B, nh, T, T), q already scaled
             if mask is not None:  # an additive (B, 1, 1, T) bias: cheaper than masked_fill on (B, nh, T, T)
                 att = att + torch.zeros(mask.shape, dtype=att.dtype, device=att.device).masked_fill_(
                     ~mask, torch.finfo(att.dtype).min
@@ -231,15 +245,18 @@ class SelfAttention(nn.Module):
             )
         return y.transpose(1, 2).reshape(B, q.size(2), H)
 
-    def heads(self, x, projs, fuse):
+    def heads(self, x, projs, fuse, q_scale=1.0):
         """The projections `projs` of x split into heads, n x (B, nh, T, hs). fuse: in one (H -> n*H) matmul
-        instead of n (the weights stay HF-named Linears); else each Linear called as itself, as Hugging Face does,
-        so that a replaced one (predict.py --int8's) is the one used."""
+        instead of n (the weights stay HF-named Linears), with the first projection (the query) times q_scale
+        folded into its weights and bias; else each Linear called as itself, as Hugging Face does, so that a
+        replaced one (predict.py --int8's) is the one used."""
         B, T, H = x.shape
-        if not fuse or len(projs) == 1:
+        if not fuse:
             return [p(x).view(B, T, self.n_head, H // self.n_head).transpose(1, 2) for p in projs]
-        w = torch.cat([p.weight for p in projs])
-        b = torch.cat([p.bias for p in projs])
+        w, b = [p.weight for p in projs], [p.bias for p in projs]
+        if q_scale != 1.0:
+            w[0], b[0] = w[0] * q_scale, b[0] * q_scale
+        w, b = (torch.cat(w), torch.cat(b)) if len(projs) > 1 else (w[0], b[0])
         return F.linear(x, w, b).view(B, T, len(projs), self.n_head, H // self.n_head).permute(2, 0, 3, 1, 4)
 
 
@@ -253,7 +270,7 @@ class AddNorm(nn.Module):
         self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x, residual):
-        return self.LayerNorm(residual + self.dropout(self.dense(x)))
+        return self.LayerNorm(dropout(self.dense(x), self.dropout.p, self.training, residual=residual))
 
 
 class Attention(nn.Module):

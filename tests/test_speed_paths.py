@@ -12,6 +12,11 @@ from errors import UserError
 from model import BertConfig, BertForPreTraining, BertForSequenceClassification, dropout
 
 
+def no_dropout(x, p, training=True, residual=None):
+    """model.dropout with its randomness taken out (the identity), fused residual sum included."""
+    return x if residual is None else residual + x
+
+
 def batch(B=3, T=20, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(7, 301, (B, T), generator=g)
@@ -56,6 +61,51 @@ def test_dropout_gradient_and_eval():
     assert m(x) is x
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_with_residual_is_the_sum(dtype):
+    """dropout(x, p, residual=r), the fused sum before each LayerNorm: r + x * mask / (1 - p), the mask drawn as
+    dropout(x, p) draws it (same seed, same mask), and the gradients of both inputs."""
+    x = torch.randn(8, 30, 16).to(dtype).requires_grad_()
+    r = torch.randn(8, 30, 16).to(dtype).requires_grad_()
+    torch.manual_seed(1)
+    alone = dropout(x, 0.25)
+    torch.manual_seed(1)
+    y = dropout(x, 0.25, residual=r)
+    assert y.dtype == dtype
+    kept = alone != 0
+    assert 0.15 < 1 - kept.float().mean() < 0.35
+    scale = 65536 / (65536 - round(0.25 * 65536))
+    want = r.detach().float() + x.detach().float() * kept * scale
+    tol = {} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 1e-2}  # bf16: rounded once
+    torch.testing.assert_close(y.float(), want, **tol)
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(r.grad.float(), torch.ones(8, 30, 16))
+    torch.testing.assert_close(x.grad.float(), kept.float() * scale, **tol)
+    torch.manual_seed(2)
+    assert torch.equal(dropout(x, 0.25, training=False, residual=r), r + x)
+    assert torch.equal(dropout(x, 0.0, residual=r), r + x)
+    assert torch.equal(dropout(x, 1.0, residual=r), r + x * 0.0)
+
+
+def test_dropout_masks_follow_torch_seed_and_generator():
+    """The masks come from numpy's SFC64 seeded by one draw of torch's generator: torch.manual_seed (and a
+    checkpoint's RNG state) repeats them, a thread's own generator (training.side_by_side) decides its own."""
+    torch.manual_seed(3)
+    a = dropout(torch.ones(5000), 0.1)
+    b = dropout(torch.ones(5000), 0.1)
+    torch.manual_seed(3)
+    assert torch.equal(a, dropout(torch.ones(5000), 0.1)) and torch.equal(b, dropout(torch.ones(5000), 0.1))
+    assert not torch.equal(a, b)
+    state = torch.get_rng_state()
+    with model.thread_generator(torch.Generator().manual_seed(7)):
+        c = dropout(torch.ones(5000), 0.1)
+    with model.thread_generator(torch.Generator().manual_seed(7)):
+        assert torch.equal(c, dropout(torch.ones(5000), 0.1))
+    assert torch.equal(torch.get_rng_state(), state)  # the thread's generator drew, not torch's default one
+    words = model.random_int16(1 << 20).float()
+    assert abs(words.mean().item() + 0.5) < 5 * 18918 / 1024 and words.min() == -32768 and words.max() == 32767
+
+
 def test_dropout_traces_under_torch_compile_with_dynamic_shapes():
     """`bench.py --compile` on a CPU: a dynamic-shape trace cannot size torch.randint's words (it failed with
     "SymIntArrayRef expected to contain only concrete integers"), so compiled code takes F.dropout, which inductor
@@ -90,7 +140,7 @@ def test_fast_training_path_is_the_plain_math(monkeypatch, p):
     net.eval()  # plain path, no dropout: Hugging Face's computation
     plain = run(False)
     net.train()
-    monkeypatch.setattr(model, "dropout", lambda x, p, training=True: x)  # dropout off, every fast path on
+    monkeypatch.setattr(model, "dropout", no_dropout)  # dropout off, every fast path on
     sdpa = []
     real_sdpa = torch.nn.functional.scaled_dot_product_attention
     monkeypatch.setattr(model.F, "scaled_dot_product_attention", lambda *a, **k: sdpa.append(1) or real_sdpa(*a, **k))
@@ -123,7 +173,7 @@ def test_electra_generator_training_path_is_the_plain_math(monkeypatch):
     net.eval()
     plain = run(False)
     net.train()
-    monkeypatch.setattr(model, "dropout", lambda x, p, training=True: x)
+    monkeypatch.setattr(model, "dropout", no_dropout)
     fast = run(True)
     assert shapes == [ids.size(1), pos.size(1)]
     assert len(fast) == len(plain)
@@ -154,7 +204,7 @@ def test_classifier_training_path_is_the_plain_math(monkeypatch, kind):
     net.eval()  # plain path, no dropout: Hugging Face's computation at every position
     plain = run()
     net.train()
-    monkeypatch.setattr(model, "dropout", lambda x, p, training=True: x)  # dropout off, every fast path on
+    monkeypatch.setattr(model, "dropout", no_dropout)  # dropout off, every fast path on
     monkeypatch.setattr(model, "attention_kind", lambda d, t: kind if t else "plain")
     fast = run()
     assert shapes == [ids.size(1), 1]  # the last layer's FFN ran on all T positions in eval mode, on [CLS] in training
@@ -171,7 +221,7 @@ def test_fast_path_under_bf16_autocast_is_close(monkeypatch):
         net.eval()
         plain, _ = net(ids, types, mask)
         net.train()
-        monkeypatch.setattr(model, "dropout", lambda x, p, training=True: x)
+        monkeypatch.setattr(model, "dropout", no_dropout)
         fast, _ = net(ids, types, mask)
     assert fast.dtype == torch.bfloat16
     assert (fast.float() - plain.float()).abs().max() < 0.05 * plain.float().abs().max()
