@@ -73,6 +73,11 @@ def get_args(argv=None):
     )
     p.add_argument("--batch", type=int, default=32, help="pretraining batch")
     p.add_argument("--ft_batch", type=int, default=128, help="fine-tuning batch")
+    p.add_argument(
+        "--ft_pad_multiple", type=int, default=16,
+        help="fine-tuning batches padded to their longest review rounded up to a multiple of this (16: as train.py "
+        "pads them; 1: to the longest review)",
+    )
     p.add_argument("--steps", type=int, default=20, help="timed steps of each model")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps of each model first")
     p.add_argument("--gpu", type=int, default=None, help="CUDA device index; CPU when left out")
@@ -370,11 +375,17 @@ def bench_finetune(args, device):
     sp = load_vocab(vocab)
     config = BertConfig.from_json_file(args.config, vocab_size=sp.get_piece_size())
     reviews, labels = read_nsmc(args.reviews)
-    ids = encode_reviews(sp, reviews, min(128, config.max_position_embeddings))
+    n_seq = min(128, config.max_position_embeddings)  # train.py's default
+    ids = encode_reviews(sp, reviews, n_seq)
     lengths = np.array([len(x) for x in ids])
     order = length_batches(lengths, args.ft_batch, np.random.default_rng(args.seed))[: args.warmup + args.steps]
-    batches = [
-        {k: v.to(device) for k, v in collate_reviews([ids[i] for i in idx], [labels[i] for i in idx]).items()}
+    batches = [  # by default padded as train.py pads them: the longest review rounded up to a multiple of 16
+        {
+            k: v.to(device)
+            for k, v in collate_reviews(
+                [ids[i] for i in idx], [labels[i] for i in idx], n_seq, args.ft_pad_multiple
+            ).items()
+        }
         for idx in order
     ]
 
@@ -398,7 +409,7 @@ def bench_finetune(args, device):
         )
     print(
         f"fine-tuning step: {args.config}, NSMC reviews of {os.path.basename(args.reviews)} in length-bucketed "
-        f"batches of {args.ft_batch} (mean padded length "
+        f"batches of {args.ft_batch} padded to a multiple of {args.ft_pad_multiple} (mean padded length "
         f"{statistics.mean(b['input_ids'].size(1) for b in batches):.0f}), {ran_in(precision)} for both on {device}"
         f"{side_note(threads)}"
     )

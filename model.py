@@ -234,11 +234,16 @@ class SelfAttention(nn.Module):
             # the same math with our cheaper dropout on the attention probabilities. Without dropout this is still
             # the faster training step on a CPU (docs/speed.md: SDPA 0.63-0.71 s a pretraining step, this 0.54-0.57)
             att = q @ k.transpose(-2, -1)  # (B, nh, T, T), q already scaled
+            if att.dtype != torch.float32 and att.size(-1) % 32:
+                # torch's CPU softmax over bf16 rows whose length is not a multiple of 32 is 3x slower than over
+                # fp32 ones, casts included (forward and backward over 128 x 4 heads: T 16 0.64 against 0.19 ms,
+                # T 28 1.80 against 0.57; T 32 0.35 against 0.68, so whole vectors stay bf16; docs/speed.md)
+                att = att.float()
             if mask is not None:  # an additive (B, 1, 1, T) bias: cheaper than masked_fill on (B, nh, T, T)
                 att = att + torch.zeros(mask.shape, dtype=att.dtype, device=att.device).masked_fill_(
                     ~mask, torch.finfo(att.dtype).min
                 )
-            y = dropout(att.softmax(-1), self.dropout_p) @ v
+            y = dropout(att.softmax(-1).to(v.dtype), self.dropout_p) @ v
         else:
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0
