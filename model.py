@@ -216,19 +216,22 @@ class SelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
 
-    def forward(self, x, mask, xq=None):
+    def forward(self, x, mask, xq=None, packed=None):
         """-> (B, T, H); with xq, the inputs at some rows only (B, R, H): those rows' outputs (B, R, H), from queries
-        at those rows and keys and values at every position (what the heads need of the last layer)."""
-        B, H, hs = x.size(0), x.size(2), x.size(2) // self.n_head
+        at those rows and keys and values at every position (what the heads need of the last layer). packed
+        (idx, B, T): x holds the real tokens only, (N, H), at the flat positions idx of (B, T) (Encoder's
+        packing); without xq the output is packed the same way."""
+        H = x.size(-1)
+        B, hs = packed[1] if packed else x.size(0), H // self.n_head
         kind = attention_kind(x.device.type, self.training)
         fuse = kind != "plain"
         # the manual path's 1/sqrt(hs) goes into the query's weights (a power of 2 for hs 64: exact in bf16 too)
         c = 1.0 / math.sqrt(hs) if kind == "manual" else 1.0
         if xq is None:
-            q, k, v = self.heads(x, (self.query, self.key, self.value), fuse, c)  # 3 x (B, nh, T, hs)
+            q, k, v = self.heads(x, (self.query, self.key, self.value), fuse, c, packed)  # 3 x (B, nh, T, hs)
         else:
             (q,) = self.heads(xq, (self.query,), fuse, c)  # (B, nh, R, hs)
-            k, v = self.heads(x, (self.key, self.value), fuse)
+            k, v = self.heads(x, (self.key, self.value), fuse, packed=packed)
         if kind == "manual":
             # SDPA with dropout_p takes its math path on the CPU and draws a bernoulli_ mask of B*nh*T*T;
             # the same math with our cheaper dropout on the attention probabilities. Without dropout this is still
@@ -248,21 +251,30 @@ class SelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0
             )
+        if packed is not None and xq is None:
+            return y.transpose(1, 2).reshape(-1, H).index_select(0, packed[0])  # (N, H)
         return y.transpose(1, 2).reshape(B, q.size(2), H)
 
-    def heads(self, x, projs, fuse, q_scale=1.0):
+    def heads(self, x, projs, fuse, q_scale=1.0, packed=None):
         """The projections `projs` of x split into heads, n x (B, nh, T, hs). fuse: in one (H -> n*H) matmul
         instead of n (the weights stay HF-named Linears), with the first projection (the query) times q_scale
         folded into its weights and bias; else each Linear called as itself, as Hugging Face does, so that a
-        replaced one (predict.py --int8's) is the one used."""
-        B, T, H = x.shape
+        replaced one (predict.py --int8's) is the one used. packed (idx, B, T): x is (N, H), the real tokens; the
+        projections go back to (B, T) with zeros at the padding (keys there are masked, queries there unused)."""
+        _, B, T = packed if packed is not None else (None, x.size(0), x.size(1))
+        H = x.size(-1)
+
+        def unpack(y):
+            return y if packed is None else y.new_zeros(B * T, y.size(-1)).index_copy(0, packed[0], y)
+
         if not fuse:
-            return [p(x).view(B, T, self.n_head, H // self.n_head).transpose(1, 2) for p in projs]
+            return [unpack(p(x)).view(B, T, self.n_head, H // self.n_head).transpose(1, 2) for p in projs]
         w, b = [p.weight for p in projs], [p.bias for p in projs]
         if q_scale != 1.0:
             w[0], b[0] = w[0] * q_scale, b[0] * q_scale
         w, b = (torch.cat(w), torch.cat(b)) if len(projs) > 1 else (w[0], b[0])
-        return F.linear(x, w, b).view(B, T, len(projs), self.n_head, H // self.n_head).permute(2, 0, 3, 1, 4)
+        y = unpack(F.linear(x, w, b))
+        return y.view(B, T, len(projs), self.n_head, H // self.n_head).permute(2, 0, 3, 1, 4)
 
 
 class AddNorm(nn.Module):
@@ -284,12 +296,13 @@ class Attention(nn.Module):
         self.self = SelfAttention(config)
         self.output = AddNorm(config, config.hidden_size)
 
-    def forward(self, x, mask, rows=None):
-        """rows: positions (B, R) whose outputs are wanted; None for every position."""
+    def forward(self, x, mask, rows=None, packed=None):
+        """rows: positions (B, R) whose outputs are wanted; None for every position. packed: x is (N, H), the real
+        tokens (Encoder's packing), and rows index it."""
         if rows is None:
-            return self.output(self.self(x, mask), x)
-        xq = gather_rows(x, rows)
-        return self.output(self.self(x, mask, xq), xq)
+            return self.output(self.self(x, mask, packed=packed), x)
+        xq = x.index_select(0, rows.reshape(-1)).view(*rows.shape, -1) if packed else gather_rows(x, rows)
+        return self.output(self.self(x, mask, xq, packed), xq)
 
 
 class Intermediate(nn.Module):
@@ -310,8 +323,8 @@ class Layer(nn.Module):
         self.intermediate = Intermediate(config)
         self.output = AddNorm(config, config.intermediate_size)
 
-    def forward(self, x, mask, rows=None):
-        x = self.attention(x, mask, rows)
+    def forward(self, x, mask, rows=None, packed=None):
+        x = self.attention(x, mask, rows, packed)
         return self.output(self.intermediate(x), x)
 
 
@@ -323,9 +336,25 @@ class Encoder(nn.Module):
     def forward(self, x, mask, rows=None):
         """rows: positions (B, R); the last layer computes those only (B, R, H). No other position's output
         reaches a head (a classifier reads [CLS], the masked LM the masked positions), so the last layer's
-        queries, attention output and FFN there are work thrown away."""
+        queries, attention output and FFN there are work thrown away.
+
+        In fp32 training on a CPU (model.FAST) with rows and padding, the layers also skip the padding: x goes in
+        packed, the real tokens only (N, H), and each layer's Linears, LayerNorms, GELU and dropout run on those N
+        rows; the attention puts q, k, v back in (B, T) with zeros at the padding (masked keys: the real positions'
+        outputs are the same). rows must be real positions (a classifier's [CLS], the masked positions, mask_pos's
+        padding slots at 0). fp32 only: there the step is ~80% matmuls and packing made the fine-tuning step 1.4-1.6x
+        faster (AVX2); in bf16 the index copies cost more than the rows saved (docs/speed.md)."""
+        packed = None
+        cpu32 = x.device.type == "cpu" and x.dtype == torch.float32
+        if FAST and self.training and rows is not None and mask is not None and cpu32:
+            B, T, H = x.shape
+            real = mask.reshape(-1)
+            idx = real.nonzero().squeeze(1)
+            if len(idx) < real.numel():
+                rows = (real.cumsum(0) - 1).view(B, T).gather(1, rows)  # the rows' places among the real tokens
+                x, packed = x.reshape(B * T, H).index_select(0, idx), (idx, B, T)
         for i, layer in enumerate(self.layer):
-            x = layer(x, mask, rows if i == len(self.layer) - 1 else None)
+            x = layer(x, mask, rows if i == len(self.layer) - 1 else None, packed)
         return x
 
 

@@ -127,8 +127,9 @@ def test_fast_training_path_is_the_plain_math(monkeypatch, p):
     net = BertForPreTraining(config)
     ids, types, mask = batch()
     pos = torch.tensor([[1, 4], [2, 3], [1, 0]])  # a pad slot points at [CLS], as collate_pretrain's do
-    shapes = []
+    shapes, first = [], []
     net.bert.encoder.layer[-1].intermediate.register_forward_hook(lambda m, a, out: shapes.append(out.shape[1]))
+    net.bert.encoder.layer[0].intermediate.register_forward_hook(lambda m, a, out: first.append(out.shape[:-1]))
 
     def run(fast):
         monkeypatch.setattr(model, "FAST", fast)
@@ -183,17 +184,18 @@ def test_electra_generator_training_path_is_the_plain_math(monkeypatch):
 
 @pytest.mark.parametrize("kind", ["manual", "sdpa"])
 def test_classifier_training_path_is_the_plain_math(monkeypatch, kind):
-    """A classifier in training computes its last layer at [CLS] only (CPU and CUDA attention branches): the
-    logits and every gradient equal the plain full computation's, and the last layer really is cut to one
-    position."""
+    """A classifier in training computes its last layer at [CLS] only and the layers below on the real tokens only
+    (CPU and CUDA attention branches): the logits and every gradient equal the plain full computation's, and the
+    last layer really is cut to one position, the others to the real tokens."""
     torch.manual_seed(0)
     # our dropout is taken out below; SDPA's dropout_p must be 0 for the same math
     off = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0} if kind == "sdpa" else {}
     net = BertForSequenceClassification(BertConfig(**{**CFG, **off}))
     ids, types, mask = batch()
     labels = torch.tensor([0, 1, 1])
-    shapes = []
+    shapes, first = [], []
     net.bert.encoder.layer[-1].intermediate.register_forward_hook(lambda m, a, out: shapes.append(out.shape[1]))
+    net.bert.encoder.layer[0].intermediate.register_forward_hook(lambda m, a, out: first.append(out.shape[:-1]))
 
     def run():
         net.zero_grad()
@@ -208,6 +210,8 @@ def test_classifier_training_path_is_the_plain_math(monkeypatch, kind):
     monkeypatch.setattr(model, "attention_kind", lambda d, t: kind if t else "plain")
     fast = run()
     assert shapes == [ids.size(1), 1]  # the last layer's FFN ran on all T positions in eval mode, on [CLS] in training
+    # the layers below ran on the real tokens only in training (Encoder's packing), on every position in eval mode
+    assert first == [ids.shape, (int(mask.sum()),)] and mask.sum() < mask.numel()
     for a, b in zip(fast, plain):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
