@@ -328,6 +328,9 @@ class Layer(nn.Module):
         return self.output(self.intermediate(x), x)
 
 
+PACK_ROWS = 512  # Encoder's packed row count is a multiple of this (or all B x T rows)
+
+
 class Encoder(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -342,8 +345,9 @@ class Encoder(nn.Module):
         packed, the real tokens only (N, H), and each layer's Linears, LayerNorms, GELU and dropout run on those N
         rows; the attention puts q, k, v back in (B, T) with zeros at the padding (masked keys: the real positions'
         outputs are the same). rows must be real positions (a classifier's [CLS], the masked positions, mask_pos's
-        padding slots at 0). fp32 only: there the step is ~80% matmuls and packing made the fine-tuning step 1.4-1.6x
-        faster (AVX2); in bf16 the index copies cost more than the rows saved (docs/speed.md)."""
+        padding slots at 0). fp32 only: there the step is ~80% matmuls and packing made the fine-tuning step ~1.4x
+        faster (AVX2); in bf16 the index copies cost more than the rows saved (docs/speed.md). The packed rows are
+        rounded up to a multiple of PACK_ROWS with padding positions, which keeps the number of matmul shapes small."""
         packed = None
         cpu32 = x.device.type == "cpu" and x.dtype == torch.float32
         if FAST and self.training and rows is not None and mask is not None and cpu32:
@@ -351,7 +355,11 @@ class Encoder(nn.Module):
             real = mask.reshape(-1)
             idx = real.nonzero().squeeze(1)
             if len(idx) < real.numel():
+                # N rounded up to a multiple of PACK_ROWS with padding positions (after the real ones): each new N
+                # is a new matmul shape, and oneDNN keeps kernels per shape (a whole fp32 epoch reached 2.15 GB)
+                pad = (~real).nonzero().squeeze(1)[: -len(idx) % PACK_ROWS]
                 rows = (real.cumsum(0) - 1).view(B, T).gather(1, rows)  # the rows' places among the real tokens
+                idx = torch.cat([idx, pad])
                 x, packed = x.reshape(B * T, H).index_select(0, idx), (idx, B, T)
         for i, layer in enumerate(self.layer):
             x = layer(x, mask, rows if i == len(self.layer) - 1 else None, packed)
