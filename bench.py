@@ -41,7 +41,7 @@ import predict
 from checkpoint import save_checkpoint
 from errors import UserError, main_guard, require_file
 from model import BertConfig, BertForPreTraining, BertForSequenceClassification, configure_optimizer, flops_per_token
-from nsmc import collate_reviews, encode_reviews, length_batches, read_nsmc
+from nsmc import PAD_MULTIPLE, collate_reviews, encode_reviews, length_batches, read_nsmc
 from store import PretrainStore, collate_pretrain
 from training import (
     backward,
@@ -74,7 +74,7 @@ def get_args(argv=None):
     p.add_argument("--batch", type=int, default=32, help="pretraining batch")
     p.add_argument("--ft_batch", type=int, default=128, help="fine-tuning batch")
     p.add_argument(
-        "--ft_pad_multiple", type=int, default=16,
+        "--ft_pad_multiple", type=int, default=PAD_MULTIPLE,
         help="fine-tuning batches padded to their longest review rounded up to a multiple of this (16: as train.py "
         "pads them; 1: to the longest review)",
     )

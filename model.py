@@ -151,21 +151,22 @@ def dropout(x, p, training=True, residual=None):
     step; one 64-bit random word feeds 4 elements. Each element is dropped
     independently with probability round(p * 65536) / 65536 (within 8e-6 of p), and the survivors
     are scaled by 1 / (1 - that), so the expectation is exactly x."""
-    if not training or p == 0.0:
-        return x if residual is None else residual + x
-    if not cheap_dropout(x.device.type):
-        y = F.dropout(x, p, True)
-        return y if residual is None else residual + y
     thr = round(p * 65536)
-    if thr >= 65536:
-        return x * 0.0 if residual is None else residual + x * 0.0
-    bits = random_int16(x.numel(), getattr(_thread, "generator", None)).view(x.shape)
-    # int16 is uniform on [-32768, 32767]; 0/1 straight into x's dtype, as a bool mask costs ~4x more to apply
-    keep = torch.ge(bits, thr - 32768, out=torch.empty_like(x))
-    scale = 65536 / (65536 - thr)  # a Python float: applied at full precision, also to bf16 x
-    if residual is None:
-        return x * keep * scale
-    return torch.addcmul(residual, x, keep, value=scale)
+    if not training or p == 0.0:
+        y = x
+    elif not cheap_dropout(x.device.type):
+        y = F.dropout(x, p, True)
+    elif thr >= 65536:
+        y = x * 0.0
+    else:
+        bits = random_int16(x.numel(), getattr(_thread, "generator", None)).view(x.shape)
+        # int16 is uniform on [-32768, 32767]; 0/1 straight into x's dtype, as a bool mask costs ~4x more to apply
+        keep = torch.ge(bits, thr - 32768, out=torch.empty_like(x))
+        scale = 65536 / (65536 - thr)  # a Python float: applied at full precision, also to bf16 x
+        if residual is not None:
+            return torch.addcmul(residual, x, keep, value=scale)
+        y = x * keep * scale
+    return y if residual is None else residual + y
 
 
 class Dropout(nn.Module):
@@ -259,21 +260,23 @@ class SelfAttention(nn.Module):
         """The projections `projs` of x split into heads, n x (B, nh, T, hs). fuse: in one (H -> n*H) matmul
         instead of n (the weights stay HF-named Linears), with the first projection (the query) times q_scale
         folded into its weights and bias; else each Linear called as itself, as Hugging Face does, so that a
-        replaced one (predict.py --int8's) is the one used. packed (idx, B, T): x is (N, H), the real tokens; the
-        projections go back to (B, T) with zeros at the padding (keys there are masked, queries there unused)."""
-        _, B, T = packed if packed is not None else (None, x.size(0), x.size(1))
+        replaced one (predict.py --int8's) is the one used. packed (idx, B, T), fused only: x is (N, H), the real
+        tokens; the projections go back to (B, T) with zeros at the padding (keys there are masked, queries there
+        unused)."""
         H = x.size(-1)
-
-        def unpack(y):
-            return y if packed is None else y.new_zeros(B * T, y.size(-1)).index_copy(0, packed[0], y)
-
-        if not fuse:
-            return [unpack(p(x)).view(B, T, self.n_head, H // self.n_head).transpose(1, 2) for p in projs]
+        if not fuse:  # eval mode: never packed
+            B, T = x.shape[:2]
+            return [p(x).view(B, T, self.n_head, H // self.n_head).transpose(1, 2) for p in projs]
         w, b = [p.weight for p in projs], [p.bias for p in projs]
         if q_scale != 1.0:
             w[0], b[0] = w[0] * q_scale, b[0] * q_scale
         w, b = (torch.cat(w), torch.cat(b)) if len(projs) > 1 else (w[0], b[0])
-        y = unpack(F.linear(x, w, b))
+        y = F.linear(x, w, b)
+        if packed is None:
+            B, T = x.shape[:2]
+        else:
+            idx, B, T = packed
+            y = y.new_zeros(B * T, y.size(-1)).index_copy(0, idx, y)
         return y.view(B, T, len(projs), self.n_head, H // self.n_head).permute(2, 0, 3, 1, 4)
 
 
@@ -353,13 +356,12 @@ class Encoder(nn.Module):
         if FAST and self.training and rows is not None and mask is not None and cpu32:
             B, T, H = x.shape
             real = mask.reshape(-1)
-            idx = real.nonzero().squeeze(1)
-            if len(idx) < real.numel():
-                # N rounded up to a multiple of PACK_ROWS with padding positions (after the real ones): each new N
-                # is a new matmul shape, and oneDNN keeps kernels per shape (a whole fp32 epoch reached 2.15 GB)
-                pad = (~real).nonzero().squeeze(1)[: -len(idx) % PACK_ROWS]
+            n = int(real.sum())
+            if n < real.numel():
+                # the real positions in order, then padding ones up to a multiple of PACK_ROWS: each new N is a new
+                # matmul shape, and oneDNN keeps kernels per shape (a whole fp32 epoch reached 2.15 GB)
+                idx = torch.argsort(~real, stable=True)[: n + -n % PACK_ROWS]
                 rows = (real.cumsum(0) - 1).view(B, T).gather(1, rows)  # the rows' places among the real tokens
-                idx = torch.cat([idx, pad])
                 x, packed = x.reshape(B * T, H).index_select(0, idx), (idx, B, T)
         for i, layer in enumerate(self.layer):
             x = layer(x, mask, rows if i == len(self.layer) - 1 else None, packed)

@@ -80,7 +80,10 @@ def token_split(idx, lengths, max_tokens, n_seq=None):
     return [list(p) for p in np.array_split(np.asarray(idx), parts)]
 
 
-def collate_reviews(ids, labels=None, n_seq=None, multiple=16):
+PAD_MULTIPLE = 16  # train.py's batches: the longest review rounded up to a multiple of this (collate_reviews)
+
+
+def collate_reviews(ids, labels=None, n_seq=None, multiple=PAD_MULTIPLE):
     """A batch padded to its longest review (pad id 0), rounded up to a multiple of `multiple` within n_seq
     (16; predict.py's training.pad_multiple: 1 in fp32 on a CPU); labels 0 when not given.
 

@@ -127,9 +127,8 @@ def test_fast_training_path_is_the_plain_math(monkeypatch, p):
     net = BertForPreTraining(config)
     ids, types, mask = batch()
     pos = torch.tensor([[1, 4], [2, 3], [1, 0]])  # a pad slot points at [CLS], as collate_pretrain's do
-    shapes, first = [], []
+    shapes = []
     net.bert.encoder.layer[-1].intermediate.register_forward_hook(lambda m, a, out: shapes.append(out.shape[1]))
-    net.bert.encoder.layer[0].intermediate.register_forward_hook(lambda m, a, out: first.append(out.shape[:-1]))
 
     def run(fast):
         monkeypatch.setattr(model, "FAST", fast)
