@@ -419,13 +419,16 @@ def bench_finetune(args, device):
     med = report(rates, first, "finetune", "reviews/s")
     profile(models, batches, args, "finetune")
     T = statistics.mean(b["input_ids"].size(1) for b in batches)
+    # the FLOPs the reviews need: real tokens only (ours skips the padding in fp32, so padded ones would overcount)
+    real = statistics.mean(float(b["attention_mask"].sum()) / len(b["labels"]) for b in batches)
     for name, r in med.items():
         per_review = statistics.mean(1 / x for x in rates[name])  # a run takes the sum of its steps' times
         print(
             f"finetune {name:>12}: one NSMC epoch (150,000 reviews) ~ {150000 * per_review / 60:.1f} min at the mean "
             f"step time ({150000 / r / 60:.1f} at the median rate)"
         )
-        mfu_line("finetune", name, r * T, flops_per_token(config, T), device, precision)
+        mfu_line("finetune", name, r * real, flops_per_token(config, T), device, precision)
+    print(f"finetune: {real:.0f} real tokens per review of {T:.0f} padded; MFU counts real tokens")
     return med
 
 

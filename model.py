@@ -331,7 +331,10 @@ class Layer(nn.Module):
         return self.output(self.intermediate(x), x)
 
 
-PACK_ROWS = 512  # Encoder's packed row count is a multiple of this (or all B x T rows)
+# Encoder's packed row count is a multiple of this (or all B x T rows): train.py's parts of at most 2048 padded tokens
+# then take at most 16 packed shapes. 512 gave back much of the padding packing saves (held to AVX2: a 12k-review
+# run 1.15x slower, bench.py --task finetune 1.59x against 1.81x); 64 was no faster than 128 (docs/speed.md)
+PACK_ROWS = 128
 
 
 class Encoder(nn.Module):

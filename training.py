@@ -87,8 +87,14 @@ def matrix_isa(flags=None):
 def isa_caps():
     """The instruction sets the kernels are held to, where an environment variable caps them below what the CPU
     has (ONEDNN_MAX_CPU_ISA for oneDNN, ATEN_CPU_CAPABILITY for torch's own kernels, MKL_ENABLE_INSTRUCTIONS for
-    MKL): an AVX-512 machine run as an AVX2 one says so. Empty when nothing is capped."""
-    names = {"ONEDNN_MAX_CPU_ISA": "oneDNN", "ATEN_CPU_CAPABILITY": "ATen", "MKL_ENABLE_INSTRUCTIONS": "MKL"}
+    MKL, FBGEMM_ENABLE_INSTRUCTIONS for fbgemm's int8 ones, predict.py --int8's): an AVX-512 machine run as an AVX2
+    one says so. Empty when nothing is capped."""
+    names = {
+        "ONEDNN_MAX_CPU_ISA": "oneDNN",
+        "ATEN_CPU_CAPABILITY": "ATen",
+        "MKL_ENABLE_INSTRUCTIONS": "MKL",
+        "FBGEMM_ENABLE_INSTRUCTIONS": "fbgemm",
+    }
     return ", ".join(f"{name} {os.environ[var]}" for var, name in names.items() if os.environ.get(var))
 
 

@@ -182,11 +182,12 @@ def test_kernels_capped_at_avx2_run_fp32():
         "import torch, training; from bench import describe_machine; "
         "print(training.mixed_precision(torch.device('cpu'))[2]); print(describe_machine(torch.device('cpu')))"
     )
-    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    caps = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"}
+    env = {**os.environ, **caps}
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     precision, machine = p.stdout.splitlines()
     assert precision == "fp32"
-    assert "(kernels capped: oneDNN AVX2, ATen avx2), bf16 not native: fp32" in machine
+    assert "(kernels capped: oneDNN AVX2, ATen avx2, fbgemm AVX2), bf16 not native: fp32" in machine
 
 
 def test_a_line_of_another_encoding_deep_in_the_input_is_one_line(tmp_path):

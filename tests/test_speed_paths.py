@@ -1,6 +1,7 @@
 """model.py's training speed paths (model.FAST) against the plain path: same math, real dropout."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -313,6 +314,9 @@ def test_bench_runs(tmp_path, capsys):
     epoch = [line for line in out.splitlines() if "one NSMC epoch" in line]
     assert len(epoch) == 2 and all("min at the mean step time" in line for line in epoch)  # ours, transformers
     assert "finetune ours, 2 steps under torch.profiler" in out and "aten::" in out and "Self CPU" in out
+    # the MFU counts the real tokens, fewer than the padded ones (bench.py's batches pad to a multiple of 16)
+    real, padded = map(int, re.search(r"finetune: (\d+) real tokens per review of (\d+) padded", out).groups())
+    assert 0 < real < padded
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA GPU"):
             bench.main(["--gpu", "0", "--config", str(cfg)])
