@@ -15,7 +15,9 @@ for transformers, AdamW (fused on a GPU) with gradient clipping for both. Full s
 backward, clip, optimizer step) alternate ours / theirs on the same batch after a warm-up; the
 figures are medians of the per-step tokens/s (tokens = batch x padded length, the same for both).
 The pretraining batches are real instances from data.py on the bundled Wikipedia sample, padded
-to --seq. Last line: `speedup vs transformers: X.XXx (ours N tok/s, transformers M tok/s)`.
+to --seq. The fine-tuning batches are NSMC reviews padded as train.py pads them, and our step runs
+each in train.py's parts (at most 2,048 padded tokens on a CPU; --ft_batch_tokens 0: whole).
+Last line: `speedup vs transformers: X.XXx (ours N tok/s, transformers M tok/s)`.
 
 The first lines say what it ran on: the CPU model and its matrix instructions (AVX2 / AVX-512 / AMX,
 from /proc/cpuinfo) or the GPU, and the measured peak of a large matmul in each precision used; each
@@ -41,7 +43,7 @@ import predict
 from checkpoint import save_checkpoint
 from errors import UserError, main_guard, require_file
 from model import BertConfig, BertForPreTraining, BertForSequenceClassification, configure_optimizer, flops_per_token
-from nsmc import PAD_MULTIPLE, collate_reviews, encode_reviews, length_batches, read_nsmc
+from nsmc import PAD_MULTIPLE, collate_reviews, encode_reviews, length_batches, read_nsmc, token_split
 from store import PretrainStore, collate_pretrain
 from training import (
     backward,
@@ -77,6 +79,14 @@ def get_args(argv=None):
         "--ft_pad_multiple", type=int, default=PAD_MULTIPLE,
         help="fine-tuning batches padded to their longest review rounded up to a multiple of this (16: as train.py "
         "pads them; 1: to the longest review)",
+    )
+    p.add_argument(
+        "--ft_batch_tokens",
+        type=int,
+        default=None,
+        help="ours: each fine-tuning batch cut in parts of at most this many padded tokens, as train.py cuts them "
+        "(default: train.py's --batch_tokens, 2048 on a CPU, 0 on a GPU; 0: the batch in one piece); transformers "
+        "takes the batch whole",
     )
     p.add_argument("--steps", type=int, default=20, help="timed steps of each model")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps of each model first")
@@ -230,9 +240,10 @@ def plain_step(loss_fn, autocast):
 
 
 def our_step(loss_fn, autocast, threads):
-    """Our forward and backward as train.py and pretrain.py run them: the batch cut in `threads` pieces side by
-    side (training.side_by_side; one piece when 1). loss_fn(m, piece, batch) -> the piece's share of the batch's
-    mean loss, so the pieces' gradients add up to the batch's."""
+    """Our forward and backward as train.py and pretrain.py run them: the batch's parts (b["parts"], train.py's
+    token_split; the batch itself when it has none) shared among `threads` threads side by side
+    (training.side_by_side; one after the other when 1). loss_fn(m, piece, batch) -> the piece's share of the
+    batch's mean loss, so the pieces' gradients add up to the batch's."""
 
     def pieces(m, b, share):
         for piece in share:
@@ -241,7 +252,7 @@ def our_step(loss_fn, autocast, threads):
             backward(loss, m)
         return torch.zeros(1)
 
-    return lambda m, b: side_by_side(lambda share: pieces(m, b, share), [b], threads)
+    return lambda m, b: side_by_side(lambda share: pieces(m, b, share), b.get("parts", [b]), threads)
 
 
 def train_step(m, opt, step, batch):
@@ -381,15 +392,19 @@ def bench_finetune(args, device):
     ids = encode_reviews(sp, reviews, n_seq)
     lengths = np.array([len(x) for x in ids])
     order = length_batches(lengths, args.ft_batch, np.random.default_rng(args.seed))[: args.warmup + args.steps]
-    batches = [  # by default padded as train.py pads them: the longest review rounded up to a multiple of 16
-        {
-            k: v.to(device)
-            for k, v in collate_reviews(
-                [ids[i] for i in idx], [labels[i] for i in idx], n_seq, args.ft_pad_multiple
-            ).items()
-        }
-        for idx in order
-    ]
+    if args.ft_batch_tokens is None:  # train.py's --batch_tokens default
+        args.ft_batch_tokens = 2048 if device.type == "cpu" else 0
+
+    def collate(idx):  # by default padded as train.py pads them: the longest review rounded up to a multiple of 16
+        b = collate_reviews([ids[i] for i in idx], [labels[i] for i in idx], n_seq, args.ft_pad_multiple)
+        return {k: v.to(device) for k, v in b.items()}
+
+    batches = []
+    for idx in order:
+        batches.append(collate(idx))  # transformers' step: the batch whole
+        parts = token_split(idx, lengths, args.ft_batch_tokens, n_seq)
+        if len(parts) > 1:  # ours: train.py's parts of at most --ft_batch_tokens padded tokens
+            batches[-1]["parts"] = [collate(p) for p in parts]
 
     def ours_loss(m, p, b):  # piece p's share of batch b's mean loss
         logits = m(p["input_ids"], attention_mask=p["attention_mask"]).float()
@@ -413,7 +428,9 @@ def bench_finetune(args, device):
         f"fine-tuning step: {args.config}, NSMC reviews of {os.path.basename(args.reviews)} in length-bucketed "
         f"batches of {args.ft_batch} padded to a multiple of {args.ft_pad_multiple} (mean padded length "
         f"{statistics.mean(b['input_ids'].size(1) for b in batches):.0f}), {ran_in(precision)} for both on {device}"
-        f"{side_note(threads)}"
+        f"{side_note(threads)}; ours "
+        + (f"in parts of at most {args.ft_batch_tokens:,} padded tokens, as train.py" if args.ft_batch_tokens else "")
+        + ("" if args.ft_batch_tokens else "whole")
     )
     rates, first = race(models, batches, lambda b: len(b["labels"]), args, device, threads)
     med = report(rates, first, "finetune", "reviews/s")
@@ -668,8 +685,8 @@ def main(argv=None):
         raise UserError(
             "--steps, --batch, --ft_batch, --curve_steps, --predict_reviews, --rounds and --hf_batch must be at least 1"
         )
-    if args.warmup < 0:
-        raise UserError("--warmup must be at least 0")
+    if args.warmup < 0 or (args.ft_batch_tokens or 0) < 0:
+        raise UserError("--warmup and --ft_batch_tokens must be at least 0")
     require_file(args.config, "pass --config config_half.json or config.json")
     device = get_device(args.gpu)
     fast, threads = ours_model.FAST, torch.get_num_threads()

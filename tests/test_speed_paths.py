@@ -311,6 +311,7 @@ def test_bench_runs(tmp_path, capsys):
         ["--task", "finetune", "--config", str(cfg), "--steps", "3", "--warmup", "1", "--work", work, "--profile", "2"]
     )
     out = capsys.readouterr().out
+    assert "; ours in parts of at most 2,048 padded tokens, as train.py" in out  # train.py's CPU --batch_tokens
     epoch = [line for line in out.splitlines() if "one NSMC epoch" in line]
     assert len(epoch) == 2 and all("min at the mean step time" in line for line in epoch)  # ours, transformers
     assert "finetune ours, 2 steps under torch.profiler" in out and "aten::" in out and "Self CPU" in out
