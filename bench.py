@@ -43,7 +43,15 @@ import predict
 from checkpoint import save_checkpoint
 from errors import UserError, main_guard, require_file
 from model import BertConfig, BertForPreTraining, BertForSequenceClassification, configure_optimizer, flops_per_token
-from nsmc import PAD_MULTIPLE, collate_reviews, encode_reviews, length_batches, read_nsmc, token_split
+from nsmc import (
+    PAD_MULTIPLE,
+    collate_reviews,
+    default_batch_tokens,
+    encode_reviews,
+    length_batches,
+    read_nsmc,
+    token_split,
+)
 from store import PretrainStore, collate_pretrain
 from training import (
     backward,
@@ -392,8 +400,7 @@ def bench_finetune(args, device):
     ids = encode_reviews(sp, reviews, n_seq)
     lengths = np.array([len(x) for x in ids])
     order = length_batches(lengths, args.ft_batch, np.random.default_rng(args.seed))[: args.warmup + args.steps]
-    if args.ft_batch_tokens is None:  # train.py's --batch_tokens default
-        args.ft_batch_tokens = 2048 if device.type == "cpu" else 0
+    parts_of = default_batch_tokens(device) if args.ft_batch_tokens is None else args.ft_batch_tokens  # as train.py
 
     def collate(idx):  # by default padded as train.py pads them: the longest review rounded up to a multiple of 16
         b = collate_reviews([ids[i] for i in idx], [labels[i] for i in idx], n_seq, args.ft_pad_multiple)
@@ -402,8 +409,8 @@ def bench_finetune(args, device):
     batches = []
     for idx in order:
         batches.append(collate(idx))  # transformers' step: the batch whole
-        parts = token_split(idx, lengths, args.ft_batch_tokens, n_seq)
-        if len(parts) > 1:  # ours: train.py's parts of at most --ft_batch_tokens padded tokens
+        parts = token_split(idx, lengths, parts_of, n_seq)
+        if len(parts) > 1:  # ours: train.py's parts of at most parts_of padded tokens
             batches[-1]["parts"] = [collate(p) for p in parts]
 
     def ours_loss(m, p, b):  # piece p's share of batch b's mean loss
@@ -429,8 +436,7 @@ def bench_finetune(args, device):
         f"batches of {args.ft_batch} padded to a multiple of {args.ft_pad_multiple} (mean padded length "
         f"{statistics.mean(b['input_ids'].size(1) for b in batches):.0f}), {ran_in(precision)} for both on {device}"
         f"{side_note(threads)}; ours "
-        + (f"in parts of at most {args.ft_batch_tokens:,} padded tokens, as train.py" if args.ft_batch_tokens else "")
-        + ("" if args.ft_batch_tokens else "whole")
+        + (f"in parts of at most {parts_of:,} padded tokens, as train.py" if parts_of else "whole")
     )
     rates, first = race(models, batches, lambda b: len(b["labels"]), args, device, threads)
     med = report(rates, first, "finetune", "reviews/s")

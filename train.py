@@ -45,7 +45,16 @@ from checkpoint import (
 from corpus import collapse
 from errors import UserError, main_guard, require_file
 from model import BertConfig, BertForSequenceClassification, configure_optimizer, count_parameters
-from nsmc import LABELS, collate_reviews, encode_reviews, length_batches, read_nsmc, token_split, valid_split
+from nsmc import (
+    LABELS,
+    collate_reviews,
+    default_batch_tokens,
+    encode_reviews,
+    length_batches,
+    read_nsmc,
+    token_split,
+    valid_split,
+)
 from training import (
     StopSignal,
     all_sum,
@@ -338,8 +347,8 @@ def main(argv=None):
     log = print if master else lambda *a, **k: None
     set_seed(args.seed + rank)  # dropout differs per process; DDP copies rank 0's initial weights to the others
     autocast, scaler, precision = mixed_precision(device, args.fp32)
-    if args.batch_tokens is None:  # a CPU's memory is the user's RAM and smaller parts stay in cache; a GPU has room
-        args.batch_tokens = 2048 if device.type == "cpu" else 0
+    if args.batch_tokens is None:
+        args.batch_tokens = default_batch_tokens(device)
 
     # model and data
     sp = load_vocab(args.vocab)

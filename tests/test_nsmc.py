@@ -61,7 +61,7 @@ def test_token_split_keeps_the_step_and_bounds_the_tokens():
     import torch.nn.functional as F
 
     from model import BertConfig, BertForSequenceClassification
-    from nsmc import token_split
+    from nsmc import default_batch_tokens, token_split
 
     rng = np.random.default_rng(0)
     ids = [np.array([5, *rng.integers(7, 301, n), 4]) for n in rng.integers(20, 60, size=24)]
@@ -72,6 +72,8 @@ def test_token_split_keeps_the_step_and_bounds_the_tokens():
     assert all(len(p) * collate_reviews([ids[i] for i in p], n_seq=64)["input_ids"].size(1) <= 256 for p in parts)
     assert token_split(batch, lengths, 0) == [batch] and token_split(batch, lengths, 10**6) == [batch]
     assert len(token_split([0], lengths, 1)) == 1  # one review is never cut
+    # train.py's default (bench.py's too): parts of 2048 tokens on a CPU, the batch whole on a GPU
+    assert default_batch_tokens(torch.device("cpu")) == 2048 and default_batch_tokens(torch.device("cuda")) == 0
     # the gradients of the parts add up to the whole batch's
     torch.manual_seed(0)
     config = BertConfig(vocab_size=301, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
