@@ -39,19 +39,12 @@ import torch
 import torch.nn.functional as F
 
 import model as ours_model
+import nsmc
 import predict
 from checkpoint import save_checkpoint
 from errors import UserError, main_guard, require_file
 from model import BertConfig, BertForPreTraining, BertForSequenceClassification, configure_optimizer, flops_per_token
-from nsmc import (
-    PAD_MULTIPLE,
-    collate_reviews,
-    default_batch_tokens,
-    encode_reviews,
-    length_batches,
-    read_nsmc,
-    token_split,
-)
+from nsmc import PAD_MULTIPLE, collate_reviews, encode_reviews, length_batches, read_nsmc, token_split
 from store import PretrainStore, collate_pretrain
 from training import (
     backward,
@@ -400,7 +393,8 @@ def bench_finetune(args, device):
     ids = encode_reviews(sp, reviews, n_seq)
     lengths = np.array([len(x) for x in ids])
     order = length_batches(lengths, args.ft_batch, np.random.default_rng(args.seed))[: args.warmup + args.steps]
-    parts_of = default_batch_tokens(device) if args.ft_batch_tokens is None else args.ft_batch_tokens  # as train.py
+    # ours in parts of at most this many padded tokens, by default as train.py cuts them
+    parts_of = nsmc.default_batch_tokens(device) if args.ft_batch_tokens is None else args.ft_batch_tokens
 
     def collate(idx):  # by default padded as train.py pads them: the longest review rounded up to a multiple of 16
         b = collate_reviews([ids[i] for i in idx], [labels[i] for i in idx], n_seq, args.ft_pad_multiple)
