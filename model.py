@@ -223,7 +223,8 @@ class SelfAttention(nn.Module):
         (idx, B, T): x holds the real tokens only, (N, H), at the flat positions idx of (B, T) (Encoder's
         packing); without xq the output is packed the same way."""
         H = x.size(-1)
-        B, hs = packed[1] if packed else x.size(0), H // self.n_head
+        hs = H // self.n_head
+        B = x.size(0) if packed is None else packed[1]  # packed x is (N, H): B comes with the packing
         kind = attention_kind(x.device.type, self.training)
         fuse = kind != "plain"
         # the manual path's 1/sqrt(hs) goes into the query's weights (a power of 2 for hs 64: exact in bf16 too)
