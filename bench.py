@@ -436,7 +436,7 @@ def bench_finetune(args, device):
     med = report(rates, first, "finetune", "reviews/s")
     profile(models, batches, args, "finetune")
     T = statistics.mean(b["input_ids"].size(1) for b in batches)
-    # the FLOPs the reviews need: real tokens only (ours skips the padding in fp32, so padded ones would overcount)
+    # the FLOPs the reviews need: real tokens only (ours skips the padding on a CPU, so padded ones would overcount)
     real = statistics.mean(float(b["attention_mask"].sum()) / len(b["labels"]) for b in batches)
     for name, r in med.items():
         per_review = statistics.mean(1 / x for x in rates[name])  # a run takes the sum of its steps' times

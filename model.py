@@ -348,23 +348,24 @@ class Encoder(nn.Module):
         reaches a head (a classifier reads [CLS], the masked LM the masked positions), so the last layer's
         queries, attention output and FFN there are work thrown away.
 
-        In fp32 training on a CPU (model.FAST) with rows and padding, the layers also skip the padding: x goes in
-        packed, the real tokens only (N, H), and each layer's Linears, LayerNorms, GELU and dropout run on those N
-        rows; the attention puts q, k, v back in (B, T) with zeros at the padding (masked keys: the real positions'
-        outputs are the same). rows must be real positions (a classifier's [CLS], the masked positions, mask_pos's
-        padding slots at 0). fp32 only: there the step is ~80% matmuls and packing made the fine-tuning step ~1.4x
-        faster (AVX2); in bf16 the index copies cost more than the rows saved (docs/speed.md). The packed rows are
-        rounded up to a multiple of PACK_ROWS with padding positions, which keeps the number of matmul shapes small."""
+        In training on a CPU (model.FAST) with rows and padding, the layers also skip the padding: x goes in packed,
+        the real tokens only (N, H), and each layer's Linears, LayerNorms, GELU and dropout run on those N rows; the
+        attention puts q, k, v back in (B, T) with zeros at the padding (masked keys: the real positions' outputs are
+        the same). rows must be real positions (a classifier's [CLS], the masked positions, mask_pos's padding slots
+        at 0). The packed rows are rounded up to a multiple of PACK_ROWS with padding positions, which keeps the
+        number of matmul shapes small; a batch that would keep all its rows is not packed. Packing made fine-tuning
+        ~1.4x faster in fp32 (AVX2) and a whole bf16 epoch 1.16x faster (AMX); in bf16 it had lost when every batch
+        kept its own row count and ran whole, not in train.py's parts (docs/speed.md)."""
         packed = None
-        cpu32 = x.device.type == "cpu" and x.dtype == torch.float32
-        if FAST and self.training and rows is not None and mask is not None and cpu32:
+        if FAST and self.training and rows is not None and mask is not None and x.device.type == "cpu":
             B, T, H = x.shape
             real = mask.reshape(-1)
             n = int(real.sum())
+            n += -n % PACK_ROWS  # real positions, then padding ones up to a multiple of PACK_ROWS
             if n < real.numel():
-                # the real positions in order, then padding ones up to a multiple of PACK_ROWS: each new N is a new
-                # matmul shape, and oneDNN keeps kernels per shape (a whole fp32 epoch reached 2.15 GB)
-                idx = torch.argsort(~real, stable=True)[: n + -n % PACK_ROWS]
+                # each new n is a new matmul shape, and oneDNN keeps kernels per shape (a whole fp32 epoch reached
+                # 2.15 GB with every n its own)
+                idx = torch.argsort(~real, stable=True)[:n]
                 rows = (real.cumsum(0) - 1).view(B, T).gather(1, rows)  # the rows' places among the real tokens
                 x, packed = x.reshape(B * T, H).index_select(0, idx), (idx, B, T)
         for i, layer in enumerate(self.layer):
