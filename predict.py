@@ -11,8 +11,8 @@ Prints one line per review, in the input's order: label (positive/negative), its
 they are classified, so a file of millions of lines runs in constant memory. Within a window the reviews
 are sorted by length and cut into batches of about --batch_tokens padded tokens, so a batch pads little;
 bf16 where the hardware does it natively (AMX / AVX512_BF16 CPUs, GPUs), fp32 elsewhere or with --fp32.
---int8 (CPU): the encoder's matrix products in int8, about 1.2x faster than fp32 where there is no native bf16
-(AVX2 CPUs) and 1.3-1.4x faster than bf16 on a Zen 4 (AVX512_VNNI); 54-67 of the 50,000 NSMC test labels changed
+--int8 (CPU): the encoder's matrix products in int8, about 1.4x faster than fp32 where there is no native bf16
+(AVX2 CPUs) and 1.3-1.5x faster than bf16 on a Zen 4 (AVX512_VNNI); 54-67 of the 50,000 NSMC test labels changed
 for one model, at the same accuracy (docs/speed.md).
 With several --save, each review's probabilities are the mean of theirs: an ensemble, and the teacher whose
 output `train.py --unlabeled` learns from (self-training).
