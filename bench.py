@@ -477,6 +477,8 @@ def bench_predict(args, device):
     transformers.logging.set_verbosity_error()
     precision = mixed_precision(device, args.fp32)[2]
     dtype = predict.DTYPES[precision]
+    if device.type == "cpu":
+        keep_freed_memory()  # as predict.py does on a CPU; the other sides run under it too
     vocab, _ = prepare(args)
     sp = load_vocab(vocab)
     config = BertConfig.from_json_file(args.config, vocab_size=sp.get_piece_size())

@@ -33,7 +33,7 @@ from checkpoint import load_checkpoint
 from errors import UserError, main_guard, require_file
 from model import BertConfig, BertForSequenceClassification
 from nsmc import LABELS, collate_reviews, encode_reviews
-from training import get_device, mixed_precision, pad_multiple
+from training import get_device, keep_freed_memory, mixed_precision, pad_multiple
 from vocab import load_vocab
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # mixed_precision's names
@@ -208,6 +208,10 @@ def main(argv=None):
     if not args.text and (not args.input or os.path.getsize(args.input) == 0):
         raise UserError('nothing to classify: pass reviews as arguments (python predict.py "재밌어요") or --input FILE')
     device = get_device(args.gpu)
+    if device.type == "cpu":
+        # every batch frees and reallocates tensors of the same few sizes (the FFN's 2048 x 1024 is 8 MB in fp32):
+        # glibc keeps their pages instead of mapping them afresh; --int8 1.16-1.32x, fp32 1.05x (docs/speed.md)
+        keep_freed_memory()
     models, sp, n_seq = load_models(args.save or ["save_best.pth"], args.vocab, device, args.fp32, args.int8)
     # small batches win on a CPU (they stay in cache); a GPU wants many tokens at once
     batch_tokens = args.batch_tokens or (2048 if device.type == "cpu" else 32768)

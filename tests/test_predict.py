@@ -113,7 +113,10 @@ def test_main_streams_a_file_in_order(classifier, sample_spm, reviews, tmp_path,
     f = tmp_path / "r.txt"
     f.write_text("\n".join(reviews) + "\n", encoding="utf-8")
     monkeypatch.setattr(training, "cpu_flags", lambda: AVX2_ONLY)  # fp32, so labels match the plain path exactly
+    kept = []  # glibc told to keep freed pages (on a CPU), recorded rather than done to the test process
+    monkeypatch.setattr(predict, "keep_freed_memory", lambda: kept.append(True))
     predict.main(["--save", str(save), "--vocab", sample_spm, "--input", str(f), "--window", "64", "첫 리뷰"])
+    assert kept == [True]
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t", 2)[2] for line in lines] == ["첫 리뷰", *reviews]
     plain = one_at_a_time(classifier, predict.load_vocab(sample_spm), ["첫 리뷰", *reviews], 48)
