@@ -354,8 +354,9 @@ class Encoder(nn.Module):
         the same). rows must be real positions (a classifier's [CLS], the masked positions, mask_pos's padding slots
         at 0). The packed rows are rounded up to a multiple of PACK_ROWS with padding positions, which keeps the
         number of matmul shapes small; a batch that would keep all its rows is not packed. Packing made fine-tuning
-        ~1.4x faster in fp32 (AVX2) and a whole bf16 epoch 1.05-1.16x faster (AMX); in bf16 it had lost when every batch
-        kept its own row count and ran whole, not in train.py's parts (docs/speed.md)."""
+        ~1.4x faster in fp32 (AVX2) and a whole bf16 epoch 1.05-1.16x faster on AMX, 1.25x on a Zen 4 (AVX512_BF16);
+        in bf16 it had lost when every batch kept its own row count and ran whole, not in train.py's parts
+        (docs/speed.md)."""
         packed = None
         if FAST and self.training and rows is not None and mask is not None and x.device.type == "cpu":
             B, T, H = x.shape

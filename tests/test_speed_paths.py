@@ -356,11 +356,8 @@ def test_matmul_peak_is_the_best_window(monkeypatch):
     window_s doubles its matmuls): one slow patch of a VM must not lower it (a long average once put an MFU at
     136%)."""
     ticks = iter([0.0, 0.05, 1.0, 1.4, 2.0, 2.2, 3.0, 3.8, 4.0, 4.4, 5.0, 5.4])  # 1 matmul in 0.05 s, then 2 in ...
-    def fake_clock():
-        return next(ticks)
-
-    monkeypatch.setattr(bench.time, "perf_counter", fake_clock)
-    monkeypatch.setattr(bench.time, "thread_time", fake_clock)
+    monkeypatch.setattr(bench.time, "perf_counter", ticks.__next__)
+    monkeypatch.setattr(bench.time, "thread_time", ticks.__next__)
     monkeypatch.setattr(bench, "_peaks", {})
     peak = bench.matmul_peak(torch.device("cpu"), "fp32", n=64, windows=5, window_s=0.1)
     assert peak == pytest.approx(2 * 64**3 * 2 / 0.2)  # 2 matmuls in 0.2 s: the best of 0.4, 0.2, 0.8, 0.4, 0.4 s
