@@ -33,7 +33,7 @@ from checkpoint import load_checkpoint
 from errors import UserError, main_guard, require_file
 from model import BertConfig, BertForSequenceClassification
 from nsmc import LABELS, collate_reviews, encode_reviews
-from training import get_device, keep_freed_memory, mixed_precision, pad_multiple
+from training import cpu_has_bf16, get_device, keep_freed_memory, mixed_precision, pad_multiple
 from vocab import load_vocab
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # mixed_precision's names
@@ -75,20 +75,34 @@ def load_models(paths, vocab_path, device, fp32=False, int8=False):
     return models, sp, n_seq
 
 
+def int8_engine():
+    """The quantized engine that packs --int8's weights: oneDNN on a CPU without native bf16 (AVX2 CPUs, where --int8
+    is the fast path: 1.06-1.16x fbgemm's rate over 50,000 reviews held to AVX2), else torch's own (fbgemm on x86:
+    as fast with AVX512_VNNI on a Zen 4, and about 100-145 MB smaller; docs/speed.md)."""
+    if not cpu_has_bf16() and "onednn" in torch.backends.quantized.supported_engines:
+        return "onednn"
+    return torch.backends.quantized.engine
+
+
 def quantize_int8(model):
     """The model with its encoder's Linear layers in int8 (in place): torch's dynamic quantization, int8 weights
-    with one scale per output row and each batch's activations quantized as it runs, on fbgemm's int8 kernels
-    (1.4-2x the fp32 matrix product rate of an AVX2 CPU). The pooler and classifier, at [CLS] only, stay
-    fp32. For the CPU in fp32; the model must be in eval mode (the encoder runs its plain path)."""
+    with one scale per output row and each batch's activations quantized as it runs, on int8_engine()'s kernels.
+    The pooler and classifier, at [CLS] only, stay fp32. For the CPU in fp32; the model must be in eval mode (the
+    encoder runs its plain path). The engine that packs a Linear's weights runs it, whatever
+    torch.backends.quantized.engine says later, so the engine is set for the packing only."""
     try:
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
     except ImportError:
         raise UserError(
             f"--int8 needs torch.ao.quantization, which torch {torch.__version__} lacks; leave --int8 out"
         ) from None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao; it is still here
-        quantize_dynamic(model.bert.encoder, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+    engine, torch.backends.quantized.engine = torch.backends.quantized.engine, int8_engine()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao; it is still here
+            quantize_dynamic(model.bert.encoder, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+    finally:
+        torch.backends.quantized.engine = engine
     return model
 
 
@@ -193,7 +207,7 @@ def main(argv=None):
     )
     args = p.parse_args(argv)
     if args.int8 and args.gpu is not None:
-        raise UserError("--int8 is for the CPU (fbgemm's int8 kernels); on a GPU leave it out (bf16 there)")
+        raise UserError("--int8 is for the CPU (oneDNN's or fbgemm's int8 kernels); on a GPU leave it out (bf16 there)")
     if (args.batch_tokens is not None and args.batch_tokens < 1) or args.window < 1:
         raise UserError("--batch_tokens and --window must be at least 1")
     if args.input:

@@ -123,9 +123,13 @@ def test_main_streams_a_file_in_order(classifier, sample_spm, reviews, tmp_path,
     assert [line.split("\t")[0] for line in lines] == [predict.LABELS[label] for label, _ in plain]
 
 
-def test_int8_quantizes_the_encoders_linears_and_keeps_the_labels(classifier, sample_spm, reviews):
+@pytest.mark.parametrize("native_bf16", [False, True])  # packed by oneDNN (an AVX2 CPU) or torch's default engine
+def test_int8_quantizes_the_encoders_linears_and_keeps_the_labels(
+    classifier, sample_spm, reviews, native_bf16, monkeypatch
+):
     sp = predict.load_vocab(sample_spm)
     fp32 = predict.predict(classifier, sp, reviews, 48)
+    monkeypatch.setattr(predict, "cpu_has_bf16", lambda: native_bf16)
     int8 = predict.quantize_int8(copy.deepcopy(classifier))
     projections = ("query", "key", "value", "dense")  # the six Linear layers of each encoder layer
     encoder_linears = [m for n, m in int8.bert.encoder.named_modules() if n.rsplit(".", 1)[-1] in projections]
@@ -140,6 +144,26 @@ def test_int8_quantizes_the_encoders_linears_and_keeps_the_labels(classifier, sa
     # int8 rounding moves every probability a little, and labels only of reviews near the boundary (these large
     # random weights are harder on int8 than trained ones: 49,933 of the 50,000 NSMC test labels agreed for one)
     assert 0 < diff.mean() < 0.02 and diff.max() < 0.15 and agree >= 0.93, (diff.mean(), diff.max(), agree)
+
+
+
+def test_int8_packs_with_onednn_without_native_bf16_and_leaves_the_engine_as_it_was(classifier, monkeypatch):
+    import torch.ao.quantization as tq
+
+    engines, quantize = [], tq.quantize_dynamic
+
+    def recording(*args, **kw):  # the engine in force while the weights are packed
+        engines.append(torch.backends.quantized.engine)
+        return quantize(*args, **kw)
+
+    monkeypatch.setattr(tq, "quantize_dynamic", recording)
+    before = torch.backends.quantized.engine
+    for native_bf16 in (False, True):
+        monkeypatch.setattr(predict, "cpu_has_bf16", lambda native_bf16=native_bf16: native_bf16)
+        predict.quantize_int8(copy.deepcopy(classifier))
+        assert torch.backends.quantized.engine == before
+    has_onednn = "onednn" in torch.backends.quantized.supported_engines
+    assert engines == ["onednn" if has_onednn else before, before]  # an AVX2 CPU; one with bf16 (VNNI or AMX)
 
 
 def test_int8_cli_classifies_and_refuses_a_gpu(classifier, sample_spm, tmp_path, capsys):
