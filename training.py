@@ -87,8 +87,8 @@ def matrix_isa(flags=None):
 def isa_caps():
     """The instruction sets the kernels are held to, where an environment variable caps them below what the CPU
     has (ONEDNN_MAX_CPU_ISA for oneDNN, ATEN_CPU_CAPABILITY for torch's own kernels, MKL_ENABLE_INSTRUCTIONS for
-    MKL, FBGEMM_ENABLE_INSTRUCTIONS for fbgemm's int8 ones, predict.py --int8's where torch has no oneDNN engine):
-    an AVX-512 machine run as an AVX2 one says so. Empty when nothing is capped."""
+    MKL, FBGEMM_ENABLE_INSTRUCTIONS for fbgemm's int8 ones, predict.py --int8's on CPUs with native bf16): an
+    AVX-512 machine run as an AVX2 one says so. Empty when nothing is capped."""
     names = {
         "ONEDNN_MAX_CPU_ISA": "oneDNN",
         "ATEN_CPU_CAPABILITY": "ATen",

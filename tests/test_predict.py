@@ -146,7 +146,6 @@ def test_int8_quantizes_the_encoders_linears_and_keeps_the_labels(
     assert 0 < diff.mean() < 0.02 and diff.max() < 0.15 and agree >= 0.93, (diff.mean(), diff.max(), agree)
 
 
-
 def test_int8_packs_with_onednn_without_native_bf16_and_leaves_the_engine_as_it_was(classifier, monkeypatch):
     import torch.ao.quantization as tq
 
