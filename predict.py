@@ -77,9 +77,9 @@ def load_models(paths, vocab_path, device, fp32=False, int8=False):
 
 def int8_engine():
     """The quantized engine that packs --int8's weights: oneDNN on a CPU without native bf16 (AVX2 CPUs, where --int8
-    is the fast path: 1.06-1.16x fbgemm's rate over 50,000 reviews held to AVX2), else torch's default ('x86', which
-    times as fbgemm for these Linears: as fast with AVX512_VNNI on a Zen 4, and about 100-145 MB smaller;
-    docs/speed.md)."""
+    is the fast path: 1.06-1.16x the default engine's rate over 50,000 reviews held to AVX2), else torch's default
+    ('x86', which times as fbgemm for these Linears: as fast as oneDNN with AVX512_VNNI on a Zen 4, and about
+    100-145 MB smaller; docs/speed.md)."""
     if not cpu_has_bf16() and "onednn" in torch.backends.quantized.supported_engines:
         return "onednn"
     return torch.backends.quantized.engine
